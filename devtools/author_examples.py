@@ -1,0 +1,42 @@
+"""Write example_workflows/*.json (UI format) from devtools/example_specs, using a live host.
+
+Run with ``make examples`` after changing a spec or a node schema; the contract tests check that
+every shipped workflow converts against the host's /object_info and covers every node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "custom_nodes"))
+
+from example_specs import all_workflows  # noqa: E402
+from examples import EXAMPLES  # noqa: E402
+from host_server import HostServer  # noqa: E402
+from workflow_api import build_ui_workflow  # noqa: E402
+
+log = logging.getLogger("parallax.devtools")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    server = HostServer(with_testing_nodes=True)
+    server.start()
+    try:
+        info = server.object_info
+        for name, spec in sorted(all_workflows().items()):
+            ui = build_ui_workflow(spec["nodes"], info, extra={"parallax": spec.get("parallax", {})})
+            path = EXAMPLES / f"{name}.json"
+            path.write_text(json.dumps(ui, indent=1) + "\n")
+            log.info("wrote %s (%d nodes)", path.relative_to(EXAMPLES.parent), len(ui["nodes"]))
+    finally:
+        server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

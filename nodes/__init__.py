@@ -1,0 +1,17 @@
+"""V3 node schemas and ModelPatcher glue, one module per capability.
+
+Every module lists its node classes in ``NODES``; the extension registers them all.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import high_freq_map
+
+CAPABILITIES = (high_freq_map,)
+
+
+class ParallaxExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [node for module in CAPABILITIES for node in module.NODES]

@@ -1,0 +1,68 @@
+"""Every shipped example workflow is a valid UI-format graph for this host, and together they cover the pack."""
+
+from __future__ import annotations
+
+import pytest
+
+import examples
+from host_server import PACK_NAME
+from workflow_api import ui_to_api, widget_names
+
+TESTING_NODES = {"ParallaxTinyCheckpoint"}
+
+
+@pytest.fixture(scope="module")
+def converted(object_info) -> dict[str, tuple[dict, dict]]:
+    return {p.stem: (examples.load(p), ui_to_api(examples.load(p), object_info)) for p in examples.example_paths()}
+
+
+def test_there_are_examples():
+    assert examples.example_paths(), "example_workflows/ is empty"
+
+
+@pytest.mark.parametrize("path", examples.example_paths(), ids=lambda p: p.stem)
+def test_example_is_ui_format_with_registered_nodes_only(path, object_info):
+    workflow = examples.load(path)
+    for key in ("nodes", "links", "last_node_id", "last_link_id", "version"):
+        assert key in workflow, f"{path.name}: UI-format key '{key}' missing"
+    for node in workflow["nodes"]:
+        assert node["type"] in object_info, f"{path.name}: node {node['id']} has unregistered type {node['type']}"
+        assert node["type"] not in TESTING_NODES, f"{path.name}: ships a fixture-only node"
+    link_ids = {link[0] for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        for inp in node.get("inputs", []):
+            assert inp.get("link") is None or inp["link"] in link_ids
+
+
+@pytest.mark.parametrize("path", examples.example_paths(), ids=lambda p: p.stem)
+def test_widget_values_fit_the_schema(path, object_info, converted):
+    workflow, prompt = converted[path.stem]
+    for node_id, node in prompt.items():
+        info = object_info[node["class_type"]]
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        for name in widget_names(info):
+            if name not in node["inputs"] or isinstance(node["inputs"][name], list):
+                continue
+            value, (kind, opts) = node["inputs"][name], (specs[name] + [{}])[:2]
+            where = f"{path.name} node {node_id} ({node['class_type']}).{name} = {value!r}"
+            options = kind if isinstance(kind, list) else opts.get("options")
+            if options is not None and node["class_type"] != "LoadImage":
+                assert value in options, where
+            if kind in ("INT", "FLOAT"):
+                assert opts.get("min", value) <= value <= opts.get("max", value), where
+
+
+@pytest.mark.parametrize("path", examples.example_paths(), ids=lambda p: p.stem)
+def test_example_declares_how_to_run_without_weights(path):
+    meta = examples.meta(examples.load(path))
+    for name in meta.get("inputs", []):
+        assert (examples.DATA / name).is_file(), f"{path.name}: input image {name} is not in tests/data"
+    loaders = [n for n in examples.load(path)["nodes"] if n["type"] in examples.CHECKPOINT_LOADERS]
+    if loaders:
+        assert meta.get("tiny_arch") in ("sd15", "sd21", "sdxl"), f"{path.name}: set extra.parallax.tiny_arch"
+
+
+def test_examples_cover_every_node(object_info, converted):
+    ours = {n for n, i in object_info.items() if i["python_module"].endswith(f"custom_nodes.{PACK_NAME}")}
+    used = {node["class_type"] for _, prompt in converted.values() for node in prompt.values()}
+    assert not ours - used, f"nodes without an example workflow: {sorted(ours - used)}"
