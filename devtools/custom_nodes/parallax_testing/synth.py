@@ -4,11 +4,14 @@ Tests and the demo cannot download weights, so every file a workflow loads (LoRA
 is written here: the real key names and layouts, shapes scaled to the tiny models, seeded random
 values (the same key, shape and seed always give the same tensor), saved as safetensors.
 
-Layouts register with ``@synthesizer("name")``; ``synthesize(name, dest, arch)`` writes one file.
+Layouts register with ``@synthesizer("name")``, here or in a sibling module named ``synth_*.py``
+(imported on first use); ``synthesize(name, dest, arch)`` writes one file.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,7 +31,16 @@ def synthesizer(name: str) -> Callable[[Synthesizer], Synthesizer]:
     return register
 
 
+def _load_layout_modules() -> None:
+    package = __name__.rsplit(".", 1)[0]
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if mod.name.startswith("synth_"):
+            importlib.import_module(f"{package}.{mod.name}")
+
+
 def synthesize(name: str, dest: Path, arch: str = "sdxl", seed: int = 0) -> Path:
+    if name not in SYNTHESIZERS:
+        _load_layout_modules()
     if name not in SYNTHESIZERS:
         raise KeyError(f"no synthesizer {name!r}; known: {sorted(SYNTHESIZERS)}")
     dest = Path(dest)
