@@ -45,29 +45,18 @@ _COMMON_UNET = {
 }
 
 # The real families' structure (comfy/model_detection.py lists the full-size configs) at narrow width.
+_SD1X = {  # SD1.5 and SD2.1 share the block structure; they differ in linear projections and context
+    **_COMMON_UNET,
+    "adm_in_channels": None,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+}
 UNET_CONFIGS = {
-    "sd15": {
-        **_COMMON_UNET,
-        "adm_in_channels": None,
-        "num_res_blocks": [2, 2, 2, 2],
-        "channel_mult": [1, 2, 4, 4],
-        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-        "transformer_depth_middle": 1,
-        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        "use_linear_in_transformer": False,
-        "context_dim": 32,
-    },
-    "sd21": {
-        **_COMMON_UNET,
-        "adm_in_channels": None,
-        "num_res_blocks": [2, 2, 2, 2],
-        "channel_mult": [1, 2, 4, 4],
-        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-        "transformer_depth_middle": 1,
-        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        "use_linear_in_transformer": True,
-        "context_dim": 48,
-    },
+    "sd15": {**_SD1X, "use_linear_in_transformer": False, "context_dim": 32},
+    "sd21": {**_SD1X, "use_linear_in_transformer": True, "context_dim": 48},
     "sdxl": {
         **_COMMON_UNET,
         "num_classes": "sequential",
