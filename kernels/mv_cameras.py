@@ -168,7 +168,7 @@ def plucker_rays(c2w: torch.Tensor, height: int, width: int, fov: float) -> torc
     world = torch.einsum("hwc,vrc->vhwr", dirs, c2w[:, :3, :3])
     origin = c2w[:, :3, 3][:, None, None, :].expand_as(world)
     moment = torch.linalg.cross(origin, world, dim=-1)
-    return torch.cat([world, moment], dim=-1).permute(0, 3, 1, 2).float()
+    return torch.cat([world, moment], dim=-1).permute(0, 3, 1, 2).float().contiguous()
 
 
 def perspective_intrinsics(num_views: int, height: int, width: int, fov: float) -> torch.Tensor:

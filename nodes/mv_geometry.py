@@ -115,7 +115,8 @@ class GuiderSpec:
         module = self.patcher.model
         param = next(module.parameters())
         with torch.no_grad():
-            feats = module(self.control(height, width).to(device=param.device, dtype=param.dtype))
+            control = self.control(height, width).to(device=param.device, dtype=param.dtype).contiguous()
+            feats = module(control)
         self.compute_count += 1
         return [f * self.strength for f in feats]
 
