@@ -53,7 +53,8 @@ class CameraSet:
     - ``c2w``: [V, 4, 4] float32 camera-to-world matrices (OpenGL/Blender axes, world Z-up).
     - ``w2c``: [V, 4, 4] float32 world-to-camera matrices in OpenCV axes (x right, y down, z forward).
     - ``intrinsics``: [V, 3, 3] float32 OpenCV pixel intrinsics at the maps' size (perspective), else None.
-    - ``maps``: [V, 6, H, W] float32 conditioning maps in [0, 1] (what the guider consumes).
+    - ``maps``: [V, 6, H, W] float32 conditioning maps in [0, 1] (what the guider consumes); read-only
+      (orthographic maps are a broadcast view of one 6-vector per view).
     - ``labels``: a short name per view ("front", "right", "az 30 el 20", ...).
     """
 
@@ -183,7 +184,8 @@ def control_maps(c2w: torch.Tensor, projection: str, height: int, width: int, fo
         raise ValueError(f"map size must be positive, got {height}x{width}")
     if projection == "orthographic":
         vec = orthographic_control(c2w)
-        return vec[:, :, None, None].expand(-1, -1, height, width).contiguous()
+        # Constant per view: a broadcast view (6 x 6 numbers in memory, not 6 x 6 x H x W).
+        return vec[:, :, None, None].expand(-1, -1, height, width)
     if projection == "perspective":
         if not 0.0 < fov < 180.0:
             raise ValueError(f"field of view must be in (0, 180) degrees, got {fov:g}")
