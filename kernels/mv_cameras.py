@@ -36,7 +36,7 @@ ORTHO_HALF_EXTENT = 0.55  # frustum +-0.55 (carried for renderers; the control m
 GEOMETRY_AZIMUTHS = (0.0, 90.0, 180.0, 270.0, 180.0, 180.0)
 GEOMETRY_ELEVATIONS = (0.0, 0.0, 0.0, 0.0, 89.99, -89.99)
 GEOMETRY_LABELS = ("front", "right", "back", "left", "top", "bottom")
-MAX_VIEWS = 64
+MAX_VIEWS = 256  # a safety cap: perspective maps cost views x 6 x H x W floats
 
 _AZIMUTH_NAMES = {0: "front", 45: "front-right", 90: "right", 135: "back-right", 180: "back", 225: "back-left",
                   270: "left", 315: "front-left"}
