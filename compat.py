@@ -84,3 +84,30 @@ def disable_cfg1_optimization(model: ModelPatcher) -> None:
         model.disable_model_cfg1_optimization()
     else:
         model.model_options["disable_cfg1_optimization"] = True
+
+
+# --- MV-Adapter geometry guider (nodes/mv_geometry.py) ---------------------------------------------
+
+def unet_config(model: ModelPatcher) -> dict:
+    """The UNet structure of ``model`` (num_res_blocks, channel_mult, transformer_depth, ...), or {}."""
+    config = getattr(getattr(model.model, "model_config", None), "unet_config", None)
+    return dict(config) if isinstance(config, dict) else {}
+
+
+def compute_dtype(model: ModelPatcher) -> torch.dtype:
+    """The dtype the model computes in (its manual-cast dtype when weights are stored narrower)."""
+    base = model.model
+    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+
+
+def module_patcher(module: torch.nn.Module) -> ModelPatcher:
+    """Hold an auxiliary module in a ModelPatcher so the host loads, offloads and counts it."""
+    return ModelPatcher(module, load_device=torch_device(), offload_device=offload_device())
+
+
+def prepend_transformer_patch(model: ModelPatcher, name: str, patch) -> None:
+    """Like ``set_model_patch`` but first in the (stacking) list, e.g. before FreeU's output scaling."""
+    to = model.model_options["transformer_options"]
+    patches = dict(to.get("patches", {}))
+    patches[name] = [patch] + list(patches.get(name, []))
+    to["patches"] = patches
