@@ -207,6 +207,40 @@ def test_fused_prediction_is_the_kernel_applied_to_both_models_cfg(scene, subjec
         assert torch.equal(out, snf.fuse(recorded["scene"], recorded["subject"], mask))
 
 
+def first_step(guider, shape=(1, 4, 16, 16)):
+    """(x0 the guider returned, mask) at the first evaluation of a one-step run from a fixed noise."""
+    seen = []
+
+    def spy(executor, *args, **kwargs):
+        seen.append(executor(*args, **kwargs))
+        return seen[-1]
+
+    guider.model_options = comfy.model_patcher.create_model_options_clone(guider.model_options)
+    comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "spy", spy,
+                                                  guider.model_options, is_model_options=True)
+    run(guider, torch.tensor([8.0, 0.0]), shape=shape, seed=11)
+    return seen[0], guider.masks.entries[0][2]
+
+
+def test_each_models_cfg_functions_apply_to_it_and_the_saliency_uses_raw_predictions(scene, subject, conds):
+    """A post-CFG function on the subject shifts only its pixels; the decisions come from raw x0."""
+    plain, _ = snf_guider(scene, subject, conds, 0.0, 1.0)
+    shifted_subject = subject.clone()
+    shifted_subject.set_model_sampler_post_cfg_function(lambda args: args["denoised"] + 100.0)
+    shifted, _ = snf_guider(scene, shifted_subject, conds, 0.0, 1.0)
+    out_plain, mask_plain = first_step(plain)
+    out_shifted, mask_shifted = first_step(shifted)
+    assert torch.equal(mask_plain, mask_shifted) and 0 < mask_plain.float().mean() < 1
+    torch.testing.assert_close(out_shifted - out_plain, 100.0 * mask_plain.float().expand_as(out_plain))
+
+
+def test_cfg_one_still_fuses_on_both_responses(scene, subject, conds):
+    guider, masks = SaliencyNoiseFusion.execute(scene, conds["text"], conds["null"], subject, conds["aug"],
+                                                conds["text"], cfg=1.0, fusion_start=0.0, fusion_end=1.0)
+    _, mask = first_step(guider)
+    assert 0 < mask.float().mean() < 1
+
+
 # --- the subject model is first-class ---------------------------------------------------------------
 
 def test_attention_patches_run_only_inside_their_own_model(scene, subject, conds):
