@@ -7,13 +7,16 @@ the test host (ComfyUI 0.3.75) and current ComfyUI (0.33.x) is bridged here too.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
+import comfy.hooks as comfy_hooks
 import comfy.ldm.modules.attention as _attention
 import comfy.model_management as model_management
 import comfy.model_patcher as model_patcher
 import comfy.patcher_extension as patcher_extension
+import comfy.sampler_helpers as sampler_helpers
 import comfy.samplers as samplers
 import comfy.utils as comfy_utils
 import folder_paths
@@ -111,3 +114,99 @@ def prepend_transformer_patch(model: ModelPatcher, name: str, patch) -> None:
     patches = dict(to.get("patches", {}))
     patches[name] = [patch] + list(patches.get(name, []))
     to["patches"] = patches
+
+# --- two-model guiders (SaliencyNoiseFusion) -----------------------------------------------------
+# CFGGuider prepares only its own patcher; a second model needs the same steps done by hand. These
+# helpers are the host's own functions, named here so that node code never touches comfy.* directly.
+
+sampling_function = samplers.sampling_function
+convert_cond = sampler_helpers.convert_cond
+
+
+def process_conds(model, noise, conds, device, latent_image=None, denoise_mask=None, seed=None, latent_shapes=None):
+    """``comfy.samplers.process_conds`` with the given BaseModel (``latent_shapes`` where the host has it)."""
+    kwargs = {}
+    if latent_shapes is not None and "latent_shapes" in inspect.signature(samplers.process_conds).parameters:
+        kwargs["latent_shapes"] = latent_shapes
+    return samplers.process_conds(model, noise, conds, device, latent_image, denoise_mask, seed, **kwargs)
+
+
+def latent_space(patcher: ModelPatcher) -> tuple[str, int]:
+    """(latent format name, latent channels) of a model."""
+    fmt = patcher.get_model_object("latent_format")
+    return type(fmt).__name__, int(getattr(fmt, "latent_channels", 4))
+
+
+def same_module_state(a: ModelPatcher, b: ModelPatcher) -> bool:
+    """True when two patchers of one diffusion module put it in the same state when loaded.
+
+    Weight patches (LoRAs), object patches, weight wrappers, injections and weight hooks change the
+    module itself; model_options patches (attention patches, wrappers) do not. False when unsure.
+    """
+    if a.model is not b.model:
+        return False
+    if (a.patches or b.patches) and a.patches_uuid != b.patches_uuid:
+        return False
+    if a.object_patches.keys() != b.object_patches.keys():
+        return False
+    if any(a.object_patches[k] is not b.object_patches[k] for k in a.object_patches):
+        return False
+    if a.weight_wrapper_patches.keys() != b.weight_wrapper_patches.keys():
+        return False
+    if any(list(a.weight_wrapper_patches[k]) != list(b.weight_wrapper_patches[k]) for k in a.weight_wrapper_patches):
+        return False
+    if a.injections.keys() != b.injections.keys() or a.hook_patches.keys() != b.hook_patches.keys():
+        return False
+    return a.forced_hooks == b.forced_hooks
+
+
+def set_current_patcher(patcher: ModelPatcher) -> None:
+    """What ``pre_run()`` does for ``_calc_cond_batch``: mark which patcher drives the module now."""
+    if hasattr(patcher.model, "current_patcher"):
+        patcher.model.current_patcher = patcher
+
+
+def load_models(models: list[ModelPatcher]) -> None:
+    """Load patchers onto their device; a clone of the same module gets its own weights patched in."""
+    model_management.load_models_gpu(models)
+
+
+def cond_models(conds: dict, dtype) -> list:
+    """Models carried by conditionings (ControlNets, GLIGEN, hook models) that must be loaded."""
+    return sampler_helpers.get_additional_models(conds, dtype)[0]
+
+
+def cleanup_cond_models(conds: dict) -> None:
+    sampler_helpers.cleanup_models(conds, [])
+
+
+def begin_model_run(patcher: ModelPatcher, conds: dict) -> tuple[dict, object]:
+    """For a second model, what ``CFGGuider.sample`` does for its own before sampling.
+
+    Registers hooks found in ``conds`` and returns (cloned model_options with the patcher's
+    wrappers and callbacks merged in, the hook mode to restore with ``end_model_run``).
+    """
+    samplers.preprocess_conds_hooks(conds)
+    options = create_model_options_clone(patcher.model_options)
+    hook_mode = patcher.hook_mode
+    if samplers.get_total_hook_groups_in_conds(conds) <= 1:
+        patcher.hook_mode = comfy_hooks.EnumHookMode.MinVram
+    sampler_helpers.prepare_model_patcher(patcher, conds, options)
+    samplers.filter_registered_hooks_on_conds(conds, options)
+    return options, hook_mode
+
+
+def end_model_run(patcher: ModelPatcher, options: dict, hook_mode) -> None:
+    samplers.cast_to_load_options(options, device=patcher.offload_device)
+    patcher.hook_mode = hook_mode
+    patcher.restore_hook_patches()
+
+
+def cast_to_load_options(options: dict, device, dtype=None) -> None:
+    samplers.cast_to_load_options(options, device=device, dtype=dtype)
+
+
+def run_wrapped(wrapper_type: str, options: dict, class_obj, fn, *args, **kwargs):
+    """Call ``fn`` through the ``wrapper_type`` wrappers registered in ``options`` (class_obj = executor.class_obj)."""
+    wrappers = patcher_extension.get_all_wrappers(wrapper_type, options, is_model_options=True)
+    return patcher_extension.WrapperExecutor.new_class_executor(fn, class_obj, wrappers).execute(*args, **kwargs)

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "example_workflows"
 DATA = ROOT / "tests" / "data"
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple"}
+# Tiny random-weight models only prove that a graph runs: keep their runs short on a 2-core CPU.
+TINY_MAX_SIDE = 256  # pixels, for Empty*Latent* nodes (aspect kept, multiples of 32)
+TINY_MAX_STEPS = 8
 
 
 def example_paths() -> list[Path]:
@@ -47,7 +50,20 @@ def to_prompt(workflow: Mapping[str, Any], object_info: Mapping[str, Any], tiny:
             if node["class_type"] in CHECKPOINT_LOADERS:
                 node["class_type"] = "ParallaxTinyCheckpoint"
                 node["inputs"] = {"arch": arch, "seed": seed}
+        shrink_for_tiny(prompt)
     return prompt
+
+
+def shrink_for_tiny(prompt: dict) -> None:
+    """Cap empty-latent sizes and step counts (in place); the graph itself is unchanged."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        size = (inputs.get("width"), inputs.get("height"))
+        if node["class_type"].startswith("Empty") and all(isinstance(v, int) for v in size):
+            scale = min(1.0, TINY_MAX_SIDE / max(size))
+            inputs["width"], inputs["height"] = (max(32, round(v * scale / 32) * 32) for v in size)
+        if isinstance(inputs.get("steps"), int):
+            inputs["steps"] = min(inputs["steps"], TINY_MAX_STEPS)
 
 
 def prepare_host(workflow: Mapping[str, Any], base: Path, tiny: bool) -> None:

@@ -37,7 +37,12 @@ def test_example_is_ui_format_with_registered_nodes_only(path, object_info):
 @pytest.mark.parametrize("path", examples.example_paths(), ids=lambda p: p.stem)
 def test_widget_values_fit_the_schema(path, object_info, converted):
     workflow, prompt = converted[path.stem]
+    # Model files are not in the test host: checkpoint loaders are swapped for tiny checkpoints and
+    # the files in extra.parallax.models are synthesised when the example runs.
+    model_files = {m["name"] for m in examples.meta(workflow).get("models", [])}
     for node_id, node in prompt.items():
+        if node["class_type"] in examples.CHECKPOINT_LOADERS:
+            continue
         info = object_info[node["class_type"]]
         specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
         for name in widget_names(info):
@@ -46,7 +51,7 @@ def test_widget_values_fit_the_schema(path, object_info, converted):
             value, (kind, opts) = node["inputs"][name], (specs[name] + [{}])[:2]
             where = f"{path.name} node {node_id} ({node['class_type']}).{name} = {value!r}"
             options = kind if isinstance(kind, list) else opts.get("options")
-            if options is not None and node["class_type"] != "LoadImage":
+            if options is not None and node["class_type"] != "LoadImage" and value not in model_files:
                 assert value in options, where
             if kind in ("INT", "FLOAT"):
                 assert opts.get("min", value) <= value <= opts.get("max", value), where
