@@ -262,10 +262,12 @@ def paste_back(
     margin: int = 3,
     mode: str = "target_box",
     match_official: bool = False,
+    white: float = 255.0,
 ) -> torch.Tensor:
     """``crop_back`` (spec 4.3): put a generated crop back into the scene.
 
-    ``scene`` and ``generated`` are levels [3, H, W] / [3, h, w] (floats, 0..255). The crop is
+    ``scene`` and ``generated`` are [3, H, W] / [3, h, w] floats on a scale where ``white`` is white
+    (255 for levels, 1 for ComfyUI images); pixels outside the pasted area are copied unchanged. The crop is
     resized (bilinear) to the padded square (H2, W2), un-padded to (H1, W1) and its inner part
     ``[m:-m, m:-m]`` written into the crop box shrunk by ``margin``. ``mode="target_box"`` (gradio)
     then keeps only the target box of that and the untouched scene elsewhere; ``"crop_region"``
@@ -276,7 +278,7 @@ def paste_back(
         raise ValueError(f"mode must be 'target_box' or 'crop_region', got {mode!r}")
     h1, w1, h2, w2 = info.extra_sizes
     y1, y2, x1, x2 = info.crop_box
-    pred = generated.to(torch.float32).clamp(0, 255)
+    pred = generated.to(torch.float32).clamp(0, white)
     if match_official:
         pred = pred[:, 1:]
     pred = resize_linear_float(pred, (h2, w2))
@@ -286,7 +288,7 @@ def paste_back(
     m = max(0, int(margin))
     inner = pred[:, m : h1 - m, m : w1 - m]
     if match_official:
-        inner = inner.floor()
+        inner = (inner * (255.0 / white)).floor_() / (255.0 / white)  # numpy's float -> uint8 assignment
     pasted = scene.clone()
     pasted[:, y1 + m : y2 - m, x1 + m : x2 - m] = inner.to(scene.dtype)
     if mode == "crop_region":

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import high_freq_map
+from . import anydoor_collage, high_freq_map
 
-CAPABILITIES = (high_freq_map,)
+CAPABILITIES = (high_freq_map, anydoor_collage)
 
 
 class ParallaxExtension(ComfyExtension):
