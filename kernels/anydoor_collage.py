@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .high_freq import eroded_mask, high_freq_levels, resize_linear_float, resize_linear_u8, resize_nearest
+from .high_freq import high_freq_levels, resize_linear_float, resize_linear_u8, resize_nearest
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2)
 
@@ -189,9 +189,9 @@ def prepare_reference(image: torch.Tensor, mask: torch.Tensor, ratio: float) -> 
 def reference_high_freq(reference: torch.Tensor, reference_mask: torch.Tensor) -> torch.Tensor:
     """``sobel(ref224, mask224 / 255)``: the official HF map at its 256 working size, as levels [3, 224, 224]."""
     size = (HF_WORKING_SIZE, HF_WORKING_SIZE)
-    keep = eroded_mask((reference_mask.to(torch.float64) / 255.0)[None], size)
+    mask = resize_linear_float((reference_mask.to(torch.float64) / 255.0)[None], size)
     small = resize_linear_u8(reference, size)
-    hf = high_freq_levels(small.permute(1, 2, 0)[None], keep)[0].permute(2, 0, 1)
+    hf = high_freq_levels(small.permute(1, 2, 0)[None], mask)[0].permute(2, 0, 1)
     return resize_linear_u8(hf, reference.shape[-2:])
 
 

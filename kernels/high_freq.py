@@ -56,24 +56,31 @@ def _linear_taps(src: int, dst: int, clamp_weight: bool) -> tuple[np.ndarray, ..
     return np.clip(idx, 0, src - 1), np.clip(idx + 1, 0, src - 1), w0, w1
 
 
-def resize_linear_u8(levels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_linear_u8(levels: torch.Tensor, size: tuple[int, int], channels_last: bool = False) -> torch.Tensor:
     """``cv2.resize(img, (w, h), interpolation=INTER_LINEAR)`` of an 8-bit image, bit-exact.
 
-    ``levels`` is ``[..., H, W]`` holding integers 0..255 (any dtype); the result has the same dtype.
-    Exact 2x reductions (which OpenCV routes to INTER_AREA) give the same numbers by this formula.
+    ``levels`` is ``[..., H, W]`` (or ``[..., H, W, C]`` with ``channels_last``) holding integers
+    0..255 in any dtype; the result has the same dtype. Exact 2x reductions (which OpenCV routes to
+    INTER_AREA) give the same numbers by this formula.
     """
-    height, width = levels.shape[-2:]
+    hdim, wdim = (-3, -2) if channels_last else (-2, -1)
+    height, width = levels.shape[hdim], levels.shape[wdim]
     out_h, out_w = int(size[0]), int(size[1])
     if (height, width) == (out_h, out_w):
         return levels.clone()
     dev = levels.device
     c0, c1, a0, a1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(width, out_w, True))
     r0, r1, b0, b1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(height, out_h, False))
+    if channels_last:
+        a0, a1, b0, b1 = a0[:, None], a1[:, None], b0[:, None, None], b1[:, None, None]
+    else:
+        b0, b1 = b0[:, None], b1[:, None]
     x = levels.to(torch.int32)
-    rows = x.index_select(-1, c0) * a0 + x.index_select(-1, c1) * a1  # horizontal pass, exact
+    rows = x.index_select(wdim, c0) * a0
+    rows += x.index_select(wdim, c1) * a1  # horizontal pass, exact
     rows >>= 4  # the vertical SIMD pass works on rows >> 4 (int16) and keeps the high 16 bits
-    out = (rows.index_select(-2, r0) * b0[:, None]) >> 16
-    out += (rows.index_select(-2, r1) * b1[:, None]) >> 16
+    out = (rows.index_select(hdim, r0) * b0) >> 16
+    out += (rows.index_select(hdim, r1) * b1) >> 16
     out += 2
     out >>= 2
     return out.clamp_(0, 255).to(levels.dtype)
@@ -159,39 +166,51 @@ def _edge_strength(p: torch.Tensor) -> torch.Tensor:
 
 
 def high_freq_levels(
-    levels: torch.Tensor,
-    keep: torch.Tensor,
+    src: torch.Tensor,
+    mask: torch.Tensor,
     threshold: float = 50.0,
     quantize: bool = True,
+    erosion: tuple[int, int] = (5, 2),
+    in_scale: float = 1.0,
     out_scale: float = 1.0,
 ) -> torch.Tensor:
-    """The recipe's steps 4-9 on ``levels`` [B, H, W, 3] (0..255) under the eroded mask ``keep`` [B|1, H, W].
+    """The recipe's steps 2-9 on ``src`` [B, H, W, 3] under ``mask`` [B|1, H, W] (same size).
 
-    Quantized (official): ``E = round(0.5 * sat(|Gx|) + 0.5 * sat(|Gy|))`` per channel (round half to
-    even, as cvRound), max over channels (rounding is monotone, so it is taken once on the max),
-    ``E[E < threshold or not keep] = 0`` and ``trunc(float32(E / 255) * img)``. The float variant
-    skips the roundings (the 255 saturation of |G| stays, so the map never exceeds the image).
-    Returns float32 levels divided by ``out_scale``. On the CPU it walks one image and a few rows
-    at a time so the temporaries stay in cache.
+    The image levels are ``src * in_scale`` (rounded to the 8-bit grid when ``quantize``, clamped to
+    0..255); the mask keeps ``erode(mask > 0.5)`` (a bool mask is taken as is), ``erosion`` being
+    (size, iterations). Quantized (official): ``E = round(0.5 * sat(|Gx|) + 0.5 * sat(|Gy|))`` per
+    channel (round half to even, as cvRound), max over channels (rounding is monotone, so it is
+    taken once on the max), ``E[E < threshold or not kept] = 0`` and ``trunc(float32(E / 255) * img)``.
+    The float variant skips the roundings (the 255 saturation of |G| stays, so the map never exceeds
+    the image). Returns float32 levels divided by ``out_scale``. On the CPU it walks one image and a
+    few rows at a time so that the temporaries stay in cache.
     """
-    batch, height, width, _ = levels.shape
+    batch, height, width, _ = src.shape
+    device = src.device
     work = torch.int16 if quantize else torch.float32
-    out = torch.empty(levels.shape, dtype=torch.float32, device=levels.device)
-    if levels.device.type == "cpu":
-        chunk, rows = 1, max(8, 65536 // max(width, 1))
-    else:
-        chunk, rows = batch, height
+    out = torch.empty(src.shape, dtype=torch.float32, device=device)
+    chunk, rows = (1, max(8, 65536 // max(width, 1))) if device.type == "cpu" else (batch, height)
+
+    def kept(m: torch.Tensor) -> torch.Tensor:
+        return binary_erosion(m if m.dtype == torch.bool else m > 0.5, *erosion)
+
+    shared = kept(mask) if mask.shape[0] == 1 else None
     for n0 in range(0, batch, chunk):
         n1 = min(batch, n0 + chunk)
-        p = torch.empty((n1 - n0, height + 2, width + 2, 3), dtype=work, device=levels.device)
-        p[:, 1:-1, 1:-1] = levels[n0:n1]
+        p = torch.empty((n1 - n0, height + 2, width + 2, 3), dtype=work, device=device)
+        for r0 in range(0, height, rows):
+            r1 = min(height, r0 + rows)
+            lv = src[n0:n1, r0:r1].to(torch.float32) * in_scale
+            if quantize:
+                lv.round_()
+            p[:, r0 + 1 : r1 + 1, 1:-1] = lv.clamp_(0, 255)
         _fill_reflect101_border(p)
-        k = keep[n0:n1] if keep.shape[0] != 1 else keep
+        keep = shared if shared is not None else kept(mask[n0:n1])
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
             s = _edge_strength(p[:, r0 : r1 + 2])
             e = ((s + ((s >> 1) & 1)) >> 1).to(torch.float32) if quantize else s.mul_(0.5)
-            drop = (e < threshold).logical_or_(~k[:, r0:r1])
+            drop = (e < threshold).logical_or_(~keep[:, r0:r1])
             e.masked_fill_(drop, 0).div_(255)
             o = out[n0:n1, r0:r1]
             torch.mul(p[:, r0 + 1 : r1 + 1, 1:-1], e.unsqueeze(-1), out=o)
@@ -210,17 +229,12 @@ def to_levels(image: torch.Tensor, quantize: bool = True) -> torch.Tensor:
     return levels.clamp_(0, 255)
 
 
-def eroded_mask(
-    mask: torch.Tensor, size: tuple[int, int], erosion_size: int = 5, erosion_iterations: int = 2
-) -> torch.Tensor:
-    """Steps 2-3: ``erode(resize(mask, size) > 0.5)`` for a float mask [B, h, w] -> bool [B, H, W].
-
-    A mask of another size is resized bilinearly in float64 first (as ``cv2.resize`` does with the
-    official float mask), then thresholded.
-    """
-    if tuple(mask.shape[-2:]) != tuple(size):
-        mask = resize_linear_float(mask.to(torch.float64), size)
-    return binary_erosion(mask > 0.5, erosion_size, erosion_iterations)
+def _mask_at(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Step 2's resize: a float mask of another size is resized bilinearly in float64 (as ``cv2.resize``
+    does with the official float mask), to be thresholded at 0.5."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return resize_linear_float(mask.to(torch.float64), size)
 
 
 def high_freq_map(
@@ -247,15 +261,26 @@ def high_freq_map(
     if mask.shape[0] not in (1, batch):
         raise ValueError(f"mask batch {mask.shape[0]} does not match image batch {batch}")
 
-    levels = to_levels(image, quantize)
     size = (height, width) if working_size is None else (int(working_size), int(working_size))
-    keep = eroded_mask(mask.to(image.device), size, erosion_size, erosion_iterations)
+    mask = _mask_at(mask.to(image.device), size)
+    erosion = (int(erosion_size), int(erosion_iterations))
     if size == (height, width):
-        out = high_freq_levels(levels, keep, threshold, quantize, out_scale=255.0)
+        out = high_freq_levels(image, mask, threshold, quantize, erosion, in_scale=255.0, out_scale=255.0)
         return out.to(image.dtype)
 
-    resize = resize_linear_u8 if quantize else resize_linear_float
-    small = resize(levels.movedim(-1, 1), size).movedim(1, -1)
-    hf = high_freq_levels(small, keep, threshold, quantize)
-    hf = resize(hf.movedim(-1, 1), (height, width)).movedim(1, -1)
-    return (hf / 255.0).clamp_(0, 1).contiguous().to(image.dtype)
+    out = torch.empty(image.shape, dtype=torch.float32, device=image.device)
+    chunk = 1 if image.device.type == "cpu" else batch  # one image at a time keeps the CPU caches warm
+    for n0 in range(0, batch, chunk):
+        n1 = min(batch, n0 + chunk)
+        levels = to_levels(image[n0:n1], quantize)
+        small = _resize_hwc(levels, size, quantize)
+        hf = high_freq_levels(small, mask if mask.shape[0] == 1 else mask[n0:n1], threshold, quantize, erosion)
+        out[n0:n1] = _resize_hwc(hf, (height, width), quantize).div_(255.0).clamp_(0, 1)
+    return out.to(image.dtype)
+
+
+def _resize_hwc(x: torch.Tensor, size: tuple[int, int], quantize: bool) -> torch.Tensor:
+    """Resize [B, H, W, C] levels: OpenCV's 8-bit INTER_LINEAR, or plain bilinear in float."""
+    if quantize:
+        return resize_linear_u8(x, size, channels_last=True)
+    return resize_linear_float(x.movedim(-1, 1), size).movedim(1, -1)
