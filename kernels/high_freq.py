@@ -30,6 +30,11 @@ WORKING_SIZE = 256  # the official recipe's working resolution
 _COEF_ONE = 1 << 11  # OpenCV INTER_RESIZE_COEF_SCALE
 
 
+def _streams(device: torch.device) -> bool:
+    """Walk the work in cache-sized pieces (one image, a few rows) on the CPU; on a GPU do it in one go."""
+    return device.type == "cpu"
+
+
 # --------------------------------------------------------------------------------------------
 # OpenCV-exact resizes
 # --------------------------------------------------------------------------------------------
@@ -56,34 +61,49 @@ def _linear_taps(src: int, dst: int, clamp_weight: bool) -> tuple[np.ndarray, ..
     return np.clip(idx, 0, src - 1), np.clip(idx + 1, 0, src - 1), w0, w1
 
 
-def resize_linear_u8(levels: torch.Tensor, size: tuple[int, int], channels_last: bool = False) -> torch.Tensor:
+def resize_linear_u8(
+    levels: torch.Tensor, size: tuple[int, int], channels_last: bool = False, out_scale: float | None = None
+) -> torch.Tensor:
     """``cv2.resize(img, (w, h), interpolation=INTER_LINEAR)`` of an 8-bit image, bit-exact.
 
     ``levels`` is ``[..., H, W]`` (or ``[..., H, W, C]`` with ``channels_last``) holding integers
-    0..255 in any dtype; the result has the same dtype. Exact 2x reductions (which OpenCV routes to
-    INTER_AREA) give the same numbers by this formula.
+    0..255 in any dtype; the result has the same dtype, or is float32 divided by ``out_scale`` when
+    that is given. Exact 2x reductions (which OpenCV routes to INTER_AREA) give the same numbers by
+    this formula. On the CPU the vertical pass runs a few output rows at a time (cache-sized).
     """
     hdim, wdim = (-3, -2) if channels_last else (-2, -1)
     height, width = levels.shape[hdim], levels.shape[wdim]
     out_h, out_w = int(size[0]), int(size[1])
+    dtype = levels.dtype if out_scale is None else torch.float32
     if (height, width) == (out_h, out_w):
-        return levels.clone()
+        same = levels.to(dtype, copy=True)
+        return same if out_scale is None else same.div_(out_scale)
     dev = levels.device
     c0, c1, a0, a1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(width, out_w, True))
     r0, r1, b0, b1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(height, out_h, False))
-    if channels_last:
-        a0, a1, b0, b1 = a0[:, None], a1[:, None], b0[:, None, None], b1[:, None, None]
-    else:
-        b0, b1 = b0[:, None], b1[:, None]
     x = levels.to(torch.int32)
-    rows = x.index_select(wdim, c0) * a0
-    rows += x.index_select(wdim, c1) * a1  # horizontal pass, exact
+    left, right = x.index_select(wdim, c0), x.index_select(wdim, c1)
+    if channels_last:  # weigh [..., W * C] rows: a broadcast over a trailing C = 3 is slow on the CPU
+        channels = x.shape[-1]
+        a0, a1 = a0.repeat_interleave(channels), a1.repeat_interleave(channels)
+        left, right = left.flatten(-2), right.flatten(-2)
+    rows = left.mul_(a0).add_(right.mul_(a1))  # horizontal pass, exact
+    del left, right
     rows >>= 4  # the vertical SIMD pass works on rows >> 4 (int16) and keeps the high 16 bits
-    out = (rows.index_select(hdim, r0) * b0) >> 16
-    out += (rows.index_select(hdim, r1) * b1) >> 16
-    out += 2
-    out >>= 2
-    return out.clamp_(0, 255).to(levels.dtype)
+    out = torch.empty((*rows.shape[:-2], out_h, rows.shape[-1]), dtype=dtype, device=dev)
+    step = max(1, 65536 // rows.shape[-1]) if _streams(dev) else out_h
+    for y0 in range(0, out_h, step):
+        y1 = min(out_h, y0 + step)
+        top = rows.index_select(-2, r0[y0:y1]).mul_(b0[y0:y1, None]) >> 16
+        top += rows.index_select(-2, r1[y0:y1]).mul_(b1[y0:y1, None]) >> 16
+        top += 2
+        top >>= 2
+        top.clamp_(0, 255)
+        if out_scale is None:
+            out[..., y0:y1, :] = top
+        else:
+            torch.div(top, out_scale, out=out[..., y0:y1, :])
+    return out.unflatten(-1, (out_w, channels)) if channels_last else out
 
 
 def resize_linear_float(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -189,7 +209,7 @@ def high_freq_levels(
     device = src.device
     work = torch.int16 if quantize else torch.float32
     out = torch.empty(src.shape, dtype=torch.float32, device=device)
-    chunk, rows = (1, max(8, 65536 // max(width, 1))) if device.type == "cpu" else (batch, height)
+    chunk, rows = (1, max(8, 65536 // max(width, 1))) if _streams(device) else (batch, height)
 
     def kept(m: torch.Tensor) -> torch.Tensor:
         return binary_erosion(m if m.dtype == torch.bool else m > 0.5, *erosion)
@@ -269,18 +289,19 @@ def high_freq_map(
         return out.to(image.dtype)
 
     out = torch.empty(image.shape, dtype=torch.float32, device=image.device)
-    chunk = 1 if image.device.type == "cpu" else batch  # one image at a time keeps the CPU caches warm
+    chunk = 1 if _streams(image.device) else batch
     for n0 in range(0, batch, chunk):
         n1 = min(batch, n0 + chunk)
         levels = to_levels(image[n0:n1], quantize)
         small = _resize_hwc(levels, size, quantize)
         hf = high_freq_levels(small, mask if mask.shape[0] == 1 else mask[n0:n1], threshold, quantize, erosion)
-        out[n0:n1] = _resize_hwc(hf, (height, width), quantize).div_(255.0).clamp_(0, 1)
+        out[n0:n1] = _resize_hwc(hf, (height, width), quantize, 255.0)
     return out.to(image.dtype)
 
 
-def _resize_hwc(x: torch.Tensor, size: tuple[int, int], quantize: bool) -> torch.Tensor:
-    """Resize [B, H, W, C] levels: OpenCV's 8-bit INTER_LINEAR, or plain bilinear in float."""
+def _resize_hwc(x: torch.Tensor, size: tuple[int, int], quantize: bool, out_scale: float | None = None) -> torch.Tensor:
+    """Resize [B, H, W, C] levels: OpenCV's 8-bit INTER_LINEAR, or plain bilinear in float (clamped)."""
     if quantize:
-        return resize_linear_u8(x, size, channels_last=True)
-    return resize_linear_float(x.movedim(-1, 1), size).movedim(1, -1)
+        return resize_linear_u8(x, size, channels_last=True, out_scale=out_scale)
+    out = resize_linear_float(x.movedim(-1, 1), size).movedim(1, -1)
+    return out if out_scale is None else out.div(out_scale).clamp_(0, 1)

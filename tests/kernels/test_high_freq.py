@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from parallax.kernels import high_freq as hf_kernel
 from parallax.kernels.high_freq import (
     binary_erosion,
     high_freq_map,
@@ -215,6 +216,17 @@ def test_float_mode_skips_quantisation():
     assert both.float().mean() > 0.2
     assert (flt - quant)[both].abs().max() <= 4 / 255
     assert (flt <= img + 1e-6).all()  # the 255 saturation stays: never brighter than the image
+
+
+def test_whole_batch_path_used_on_gpus_equals_the_streamed_cpu_path(monkeypatch):
+    imgs = torch.stack([to_tensor(PHOTOS[n]()[0])[0] for n in ("cat", "cat")])
+    imgs[1] = imgs[1].flip(1)
+    masks = torch.stack([torch.from_numpy(PHOTOS["cat"]()[1])] * 2)
+    streamed = [high_freq_map(imgs, masks, working_size=w, quantize=q) for w in (None, 256) for q in (True, False)]
+    monkeypatch.setattr(hf_kernel, "_streams", lambda device: False)
+    whole = [high_freq_map(imgs, masks, working_size=w, quantize=q) for w in (None, 256) for q in (True, False)]
+    for a, b in zip(streamed, whole, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
