@@ -81,28 +81,49 @@ def resize_linear_u8(
     dev = levels.device
     c0, c1, a0, a1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(width, out_w, True))
     r0, r1, b0, b1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(height, out_h, False))
-    x = levels.to(torch.int32)
-    left, right = x.index_select(wdim, c0), x.index_select(wdim, c1)
+    channels = levels.shape[-1] if channels_last else 1
     if channels_last:  # weigh [..., W * C] rows: a broadcast over a trailing C = 3 is slow on the CPU
-        channels = x.shape[-1]
         a0, a1 = a0.repeat_interleave(channels), a1.repeat_interleave(channels)
-        left, right = left.flatten(-2), right.flatten(-2)
-    rows = left.mul_(a0).add_(right.mul_(a1))  # horizontal pass, exact
-    del left, right
-    rows >>= 4  # the vertical SIMD pass works on rows >> 4 (int16) and keeps the high 16 bits
-    out = torch.empty((*rows.shape[:-2], out_h, rows.shape[-1]), dtype=dtype, device=dev)
-    step = max(1, 65536 // rows.shape[-1]) if _streams(dev) else out_h
-    for y0 in range(0, out_h, step):
-        y1 = min(out_h, y0 + step)
-        top = rows.index_select(-2, r0[y0:y1]).mul_(b0[y0:y1, None]) >> 16
-        top += rows.index_select(-2, r1[y0:y1]).mul_(b1[y0:y1, None]) >> 16
+    b0, b1 = b0[:, None], b1[:, None]
+
+    def horizontal(x: torch.Tensor) -> torch.Tensor:
+        """The exact integer horizontal pass, then ``>> 4`` as the vertical SIMD pass takes it."""
+        x = x.to(torch.int32)
+        left, right = x.index_select(wdim, c0), x.index_select(wdim, c1)
+        if channels_last:
+            left, right = left.flatten(-2), right.flatten(-2)
+        rows = left.mul_(a0).add_(right.mul_(a1))
+        rows >>= 4
+        return rows
+
+    def vertical(top: torch.Tensor, bottom: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
+        """``(mul_hi(top, b0) + mul_hi(bottom, b1) + 2) >> 2`` for output rows y0..y1."""
+        top = top.mul_(b0[y0:y1]) >> 16
+        top += bottom.mul_(b1[y0:y1]) >> 16
         top += 2
         top >>= 2
-        top.clamp_(0, 255)
-        if out_scale is None:
-            out[..., y0:y1, :] = top
+        return top.clamp_(0, 255)
+
+    hdim = -2  # rows of the horizontal pass are [..., H, W * C]
+    out = torch.empty((*levels.shape[: (-3 if channels_last else -2)], out_h, out_w * channels), dtype=dtype,
+                      device=dev)
+    step = max(1, 65536 // (out_w * channels)) if _streams(dev) else out_h
+    # The horizontal pass is exact, so it may run before or after picking the rows: shrinking images
+    # pick their rows first, growing ones pass each source row once.
+    rows = None if 2 * out_h < height else horizontal(levels)
+    for y0 in range(0, out_h, step):
+        y1 = min(out_h, y0 + step)
+        if rows is None:
+            hsel = -3 if channels_last else -2
+            top = horizontal(levels.index_select(hsel, r0[y0:y1]))
+            bottom = horizontal(levels.index_select(hsel, r1[y0:y1]))
         else:
-            torch.div(top, out_scale, out=out[..., y0:y1, :])
+            top, bottom = rows.index_select(hdim, r0[y0:y1]), rows.index_select(hdim, r1[y0:y1])
+        result = vertical(top, bottom, y0, y1)
+        if out_scale is None:
+            out[..., y0:y1, :] = result
+        else:
+            torch.div(result, out_scale, out=out[..., y0:y1, :])
     return out.unflatten(-1, (out_w, channels)) if channels_last else out
 
 
