@@ -5,7 +5,8 @@ and the official 256 working size), on the same photographs (tests/data, resized
 masks). OpenCV gets what it works on natively (uint8 HWC arrays, one call per image); the kernel
 gets what the node gets (a float32 [B, H, W, 3] IMAGE in [0, 1]) and returns a float IMAGE, so its
 figures include those conversions. Times are the best of several interleaved repetitions; peak
-memory is the growth of the peak RSS of a fresh process running one call. ``--threads N`` gives
+memory is the peak growth of the resident set during one call (after a warm-up call) in a fresh
+process, sampled every 0.5 ms. ``--threads N`` gives
 both libraries N threads (default: their own defaults). OpenMP is set to wait passively
 (OMP_WAIT_POLICY=PASSIVE unless set): on a shared, oversubscribed CPU its default spin-waiting
 slows torch's many small parallel regions down by up to 100x. Run:
@@ -94,16 +95,38 @@ def set_threads(n: int) -> None:
         cv2.setNumThreads(n)
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def child(impl: str, size: int, batch: int, working: int | None, threads: int) -> None:
+    """Peak RSS growth during one call, sampled every 0.5 ms by a thread (Linux /proc)."""
+    import threading
+
     set_threads(threads)
     hf = load_pack()
     imgs, masks, image, mask = make_data(size, batch)
     ocv, ours = runners(hf, working, imgs, masks, image, mask)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn = ocv if impl == "opencv" else ours
     with torch.inference_mode():
-        (ocv if impl == "opencv" else ours)()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+        fn()  # warm-up: allocator pools, lazy imports
+    base, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with torch.inference_mode():
+        result = fn()
+    peak[0] = max(peak[0], _rss_mib())
+    done.set()
+    sampler.join()
+    del result
+    print(json.dumps({"peak_mib": peak[0] - base}))
 
 
 def peak_mib(impl: str, size: int, batch: int, working: int | None, threads: int) -> float:
