@@ -79,8 +79,8 @@ def resize_linear_u8(
         same = levels.to(dtype, copy=True)
         return same if out_scale is None else same.div_(out_scale)
     dev = levels.device
-    c0, c1, a0, a1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(width, out_w, True))
-    r0, r1, b0, b1 = (torch.from_numpy(v).to(dev) for v in _linear_taps(height, out_h, False))
+    c0, c1, a0, a1 = (torch.tensor(v, device=dev) for v in _linear_taps(width, out_w, True))
+    r0, r1, b0, b1 = (torch.tensor(v, device=dev) for v in _linear_taps(height, out_h, False))
     channels = levels.shape[-1] if channels_last else 1
     if channels_last:  # weigh [..., W * C] rows: a broadcast over a trailing C = 3 is slow on the CPU
         a0, a1 = a0.repeat_interleave(channels), a1.repeat_interleave(channels)
@@ -98,8 +98,11 @@ def resize_linear_u8(
 
     def vertical(top: torch.Tensor, bottom: torch.Tensor, y0: int, y1: int) -> torch.Tensor:
         """``(mul_hi(top, b0) + mul_hi(bottom, b1) + 2) >> 2`` for output rows y0..y1."""
-        top = top.mul_(b0[y0:y1]) >> 16
-        top += bottom.mul_(b1[y0:y1]) >> 16
+        top.mul_(b0[y0:y1])
+        top >>= 16
+        bottom.mul_(b1[y0:y1])
+        bottom >>= 16
+        top += bottom
         top += 2
         top >>= 2
         return top.clamp_(0, 255)
