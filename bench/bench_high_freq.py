@@ -1,0 +1,182 @@
+"""HighFreqMap throughput: the pack's kernel against the OpenCV implementation of the official recipe.
+
+Prints images per second at 512^2 and 1024^2, batch 1 and 16, for the node's two modes (native size
+and the official 256 working size), on the same photographs (tests/data, resized, with their
+masks). OpenCV gets what it works on natively (uint8 HWC arrays, one call per image); the kernel
+gets what the node gets (a float32 [B, H, W, 3] IMAGE in [0, 1]) and returns a float IMAGE, so its
+figures include those conversions. Times are the best of several interleaved repetitions; peak
+memory is the peak growth of the resident set during one call (after a warm-up call) in a fresh
+process, sampled every 0.5 ms. ``--threads N`` gives
+both libraries N threads (default: their own defaults). OpenMP is set to wait passively
+(OMP_WAIT_POLICY=PASSIVE unless set): on a shared, oversubscribed CPU its default spin-waiting
+slows torch's many small parallel regions down by up to 100x. Run:
+
+    .venv/bin/python bench/bench_high_freq.py [--repeats 5] [--threads N] [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from anydoor_reference import opencv_hf_map  # noqa: E402
+
+PHOTOS = ("cat_rgba.png", "astronaut_rgba.png", "rocket_rgba.png")
+
+
+def load_pack():
+    spec = importlib.util.spec_from_file_location("parallax", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["parallax"] = module
+    spec.loader.exec_module(module)
+    from parallax.kernels.high_freq import high_freq_map
+
+    return high_freq_map
+
+
+def make_data(size: int, batch: int) -> tuple[list[np.ndarray], list[np.ndarray], torch.Tensor, torch.Tensor]:
+    imgs, masks = [], []
+    for i in range(batch):
+        rgba = np.asarray(Image.open(ROOT / "tests" / "data" / PHOTOS[i % len(PHOTOS)]).convert("RGBA"))
+        rgba = cv2.resize(rgba, (size, size), interpolation=cv2.INTER_CUBIC)
+        imgs.append(np.ascontiguousarray(rgba[..., :3]))
+        masks.append(rgba[..., 3].astype(np.float32) / 255)
+    image = torch.from_numpy(np.stack(imgs)).float().div(255)
+    mask = torch.from_numpy(np.stack(masks))
+    return imgs, masks, image, mask
+
+
+def runners(hf, working: int | None, imgs, masks, image, mask, device: str = "cpu"):
+    def ocv():
+        return [opencv_hf_map(i, m, working=working) for i, m in zip(imgs, masks)]
+
+    dev_image, dev_mask = image.to(device), mask.to(device)
+
+    def ours():
+        out = hf(dev_image, dev_mask, working_size=working)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return out
+
+    return ocv, ours
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+        cv2.setNumThreads(n)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def child(impl: str, size: int, batch: int, working: int | None, threads: int) -> None:
+    """Peak RSS growth during one call, sampled every 0.5 ms by a thread (Linux /proc)."""
+    import threading
+
+    set_threads(threads)
+    hf = load_pack()
+    imgs, masks, image, mask = make_data(size, batch)
+    ocv, ours = runners(hf, working, imgs, masks, image, mask)
+    fn = ocv if impl == "opencv" else ours
+    with torch.inference_mode():
+        fn()  # warm-up: allocator pools, lazy imports
+    base, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with torch.inference_mode():
+        result = fn()
+    peak[0] = max(peak[0], _rss_mib())
+    done.set()
+    sampler.join()
+    del result
+    print(json.dumps({"peak_mib": peak[0] - base}))
+
+
+def peak_mib(impl: str, size: int, batch: int, working: int | None, threads: int) -> float:
+    args = [sys.executable, __file__, "--child", impl, str(size), str(batch), str(working or 0), str(threads)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)["peak_mib"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="threads for torch and OpenCV (0: defaults)")
+    parser.add_argument("--quick", action="store_true", help="512^2 only, 2 repeats, no memory")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        impl, size, batch, working, threads = args.child
+        child(impl, int(size), int(batch), int(working) or None, int(threads))
+        return 0
+    set_threads(args.threads)
+
+    hf = load_pack()
+    sizes = (512,) if args.quick else (512, 1024)
+    repeats = 2 if args.quick else args.repeats
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), OpenCV {cv2.__version__} "
+          f"({cv2.getNumThreads()} threads), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"{len(PHOTOS)} photographs with masks")
+    header = f"{'mode':7s} {'size':>5s} {'batch':>5s} | {'OpenCV img/s':>12s} | {'kernel img/s':>12s} | {'speed-up':>8s}"
+    if not args.quick:
+        header += f" | {'peak MiB OpenCV':>15s} | {'peak MiB kernel':>15s}"
+    for device in devices:
+        print(f"\n== kernel on {device}\n{header}\n{'-' * len(header)}")
+        for working in (None, 256):
+            for size in sizes:
+                for batch in (1, 16):
+                    imgs, masks, image, mask = make_data(size, batch)
+                    ocv, ours = runners(hf, working, imgs, masks, image, mask, device)
+                    with torch.inference_mode():
+                        t_ocv = best_time(ocv, repeats)
+                        t_ours = best_time(ours, repeats)
+                    mode = "native" if working is None else "256"
+                    line = (f"{mode:7s} {size:5d} {batch:5d} | {batch / t_ocv:12.1f} | {batch / t_ours:12.1f} | "
+                            f"{t_ocv / t_ours:7.2f}x")
+                    if not args.quick and device == "cpu":
+                        line += (f" | {peak_mib('opencv', size, batch, working, args.threads):15.1f} | "
+                                 f"{peak_mib('kernel', size, batch, working, args.threads):15.1f}")
+                    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
