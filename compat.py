@@ -84,3 +84,42 @@ def disable_cfg1_optimization(model: ModelPatcher) -> None:
         model.disable_model_cfg1_optimization()
     else:
         model.model_options["disable_cfg1_optimization"] = True
+
+
+# --- MV-Adapter (issue 3, core half) --------------------------------------------------------------
+
+def manual_cast_ops():
+    """Layer classes that cast their weights to the input's device and dtype at call time."""
+    import comfy.ops
+
+    return comfy.ops.manual_cast
+
+
+def attn1_layers(model: ModelPatcher) -> dict[tuple[str, int, int], dict[str, int]] | None:
+    """Every UNet self-attention (attn1) by ComfyUI address (block, id, block_index): its width and heads.
+
+    None when the model is not a UNet with SpatialTransformers (SD1.x/SD2.x/SDXL family).
+    """
+    unet = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if unet is None or not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
+        return None
+    found = {}
+    for kind, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
+        for i, block in enumerate(blocks):
+            for layer in block:
+                if isinstance(layer, _attention.SpatialTransformer):
+                    for k, tb in enumerate(layer.transformer_blocks):
+                        found[(kind, i, k)] = {"width": int(tb.attn1.to_q.in_features), "heads": int(tb.attn1.heads)}
+    return found
+
+
+def discrete_model_sampling(model: ModelPatcher):
+    """The model's model_sampling object if it is a discrete-timestep schedule whose sigmas can be shifted."""
+    import comfy.model_sampling as ms
+
+    sampling = model.get_model_object("model_sampling")
+    excluded = tuple(c for c in (getattr(ms, "ModelSamplingDiscreteEDM", None), getattr(ms, "StableCascadeSampling", None))
+                     if c is not None)
+    if isinstance(sampling, ms.ModelSamplingDiscrete) and not isinstance(sampling, excluded):
+        return sampling
+    return None

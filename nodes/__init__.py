@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import high_freq_map
+from . import high_freq_map, mv_adapter
 
-CAPABILITIES = (high_freq_map,)
+CAPABILITIES = (high_freq_map, mv_adapter)
 
 
 class ParallaxExtension(ComfyExtension):
