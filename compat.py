@@ -34,10 +34,15 @@ SAFETENSORS_EXTENSIONS = {".safetensors", ".sft"}
 
 
 def optimized_attention(q, k, v, heads: int, mask=None, attn_precision=None, skip_reshape: bool = False,
-                        skip_output_reshape: bool = False):
-    """The host's attention backend (sage/flash/xformers/SDPA/...), looked up at call time."""
+                        skip_output_reshape: bool = False, transformer_options: dict | None = None):
+    """The host's attention backend (sage/flash/xformers/SDPA/...), looked up at call time.
+
+    With ``transformer_options`` a model-level attention override (current ComfyUI's
+    ``set_model_optimized_attention``) applies to the call too.
+    """
+    extra = {} if transformer_options is None else {"transformer_options": transformer_options}
     return _attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=attn_precision,
-                                          skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape)
+                                          skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **extra)
 
 
 def register_model_folder(name: str, extensions: set[str] = SAFETENSORS_EXTENSIONS) -> str:

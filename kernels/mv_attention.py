@@ -156,11 +156,24 @@ class Branch(NamedTuple):
 
 def mv_branch(n: torch.Tensor, branch: Branch, heads: int, num_views: int, grid: tuple[int, int], kind: str = "row",
               attention: AttentionFn = sdpa_attention, attn_precision=None) -> torch.Tensor:
-    """to_out_mv(MVAttn(n)) for a batch of whole view groups."""
-    q, k, v = branch.q(n), branch.k(n), branch.v(n)
+    """to_out_mv(MVAttn(n)) for a batch of whole view groups.
+
+    Row attention regroups n itself (projections act per token, so they commute with the regrouping):
+    one copy in and one copy out instead of regrouping q, k, v and the attention output.
+    """
     if kind == "row":
-        h = row_attention(q, k, v, heads, num_views, grid, attention, attn_precision)
-    elif kind == "rowcol":
+        bt, n_tokens, c = n.shape
+        ih, iw = grid
+        if bt % num_views or ih * iw != n_tokens:
+            raise MVBatchError(f"row attention needs a batch multiple of {num_views} and {ih}x{iw} tokens, "
+                               f"got {bt}x{n_tokens}")
+        b = bt // num_views
+        rows = _rows(n, b, num_views, ih, iw)
+        h = attention(branch.q(rows), branch.k(rows), branch.v(rows), heads, attn_precision=attn_precision)
+        out = branch.out(h)
+        return out.reshape(b, ih, num_views, iw, out.shape[-1]).permute(0, 2, 1, 3, 4).reshape(bt, n_tokens, -1)
+    q, k, v = branch.q(n), branch.k(n), branch.v(n)
+    if kind == "rowcol":
         if num_views != ROWCOL_VIEWS:
             raise MVBatchError(f"row-column attention works on exactly 6 views, got num_views={num_views}")
         h = rowcol_attention(q, k, v, heads, grid, attention, attn_precision)

@@ -14,6 +14,7 @@ so LoRAs, ControlNets and every stock sampler keep working.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -336,7 +337,8 @@ class MVBranchPatch(_PlanPatch):
             return decoupled_attn1_output(
                 out, n, heads=int(extra_options["n_heads"]), grid=grid, num_views=plan.num_views,
                 cond_or_uncond=cond_or_uncond, kind=plan.attention, mv=plan.mv.get(address), mv_scale=plan.mv_scale,
-                ref=plan.ref.get(address), ref_kv=kv, ref_scale=plan.ref_scale, attention=compat.optimized_attention,
+                ref=plan.ref.get(address), ref_kv=kv, ref_scale=plan.ref_scale,
+                attention=functools.partial(compat.optimized_attention, transformer_options=extra_options),
                 attn_precision=extra_options.get("attn_precision"))
         except MVBatchError as err:
             raise RuntimeError(f"MVAdapterPatch at layer {address}: {err}. The latent batch must hold whole groups "

@@ -253,6 +253,17 @@ def test_chunk_layouts_give_the_same_per_sample_outputs(kind):
     torch.testing.assert_close(both[1], expected_u, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["row", "rowcol"])
+def test_mv_branch_is_to_out_of_the_attention_of_the_projections(kind):
+    c, heads, nv, ih, iw = 8, 2, 6, 3, 5
+    branch, _, _ = make_branch(c, 21)
+    n = qkv(2 * nv, ih * iw, c, seed=22)[0]
+    attn = row_attention if kind == "row" else rowcol_attention
+    args = (heads, nv, (ih, iw)) if kind == "row" else (heads, (ih, iw))
+    expected = branch.out(attn(branch.q(n), branch.k(n), branch.v(n), *args))
+    torch.testing.assert_close(mv_branch(n, branch, heads, nv, (ih, iw), kind), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_zero_scales_return_the_input_unchanged():
     c, nv = 8, 6
     mv, _, _ = make_branch(c, 17)
