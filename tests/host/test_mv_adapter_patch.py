@@ -273,7 +273,7 @@ def test_patched_prediction_equals_the_formula_reference(files, name, arch, cfg,
     err = rel_error(ours, ref)
     PARITY[f"{name} cfg={cfg:g} views={views} {h}x{w}"] = err
     assert err <= 1e-5, err
-    if name.startswith("mvadapter_t2mv") and cfg != 1 and h == w:  # the branches matter: plain is far away
+    if not refs:  # the branches matter: the unpatched model is far from the reference
         plain, _ = predict(ckpt.model, positive, negative, cfg, latent, seeded(latent.shape, 2))
         assert rel_error(plain, ref) > 1e-2
 
