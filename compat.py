@@ -37,10 +37,15 @@ SAFETENSORS_EXTENSIONS = {".safetensors", ".sft"}
 
 
 def optimized_attention(q, k, v, heads: int, mask=None, attn_precision=None, skip_reshape: bool = False,
-                        skip_output_reshape: bool = False):
-    """The host's attention backend (sage/flash/xformers/SDPA/...), looked up at call time."""
+                        skip_output_reshape: bool = False, transformer_options: dict | None = None):
+    """The host's attention backend (sage/flash/xformers/SDPA/...), looked up at call time.
+
+    With ``transformer_options`` a model-level attention override (current ComfyUI's
+    ``set_model_optimized_attention``) applies to the call too.
+    """
+    extra = {} if transformer_options is None else {"transformer_options": transformer_options}
     return _attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=attn_precision,
-                                          skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape)
+                                          skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **extra)
 
 
 def register_model_folder(name: str, extensions: set[str] = SAFETENSORS_EXTENSIONS) -> str:
@@ -114,6 +119,7 @@ def prepend_transformer_patch(model: ModelPatcher, name: str, patch) -> None:
     patches = dict(to.get("patches", {}))
     patches[name] = [patch] + list(patches.get(name, []))
     to["patches"] = patches
+
 
 # --- two-model guiders (SaliencyNoiseFusion) -----------------------------------------------------
 # CFGGuider prepares only its own patcher; a second model needs the same steps done by hand. These
@@ -210,3 +216,41 @@ def run_wrapped(wrapper_type: str, options: dict, class_obj, fn, *args, **kwargs
     """Call ``fn`` through the ``wrapper_type`` wrappers registered in ``options`` (class_obj = executor.class_obj)."""
     wrappers = patcher_extension.get_all_wrappers(wrapper_type, options, is_model_options=True)
     return patcher_extension.WrapperExecutor.new_class_executor(fn, class_obj, wrappers).execute(*args, **kwargs)
+
+# --- MV-Adapter (issue 3, core half) --------------------------------------------------------------
+
+def manual_cast_ops():
+    """Layer classes that cast their weights to the input's device and dtype at call time."""
+    import comfy.ops
+
+    return comfy.ops.manual_cast
+
+
+def attn1_layers(model: ModelPatcher) -> dict[tuple[str, int, int], dict[str, int]] | None:
+    """Every UNet self-attention (attn1) by ComfyUI address (block, id, block_index): its width and heads.
+
+    None when the model is not a UNet with SpatialTransformers (SD1.x/SD2.x/SDXL family).
+    """
+    unet = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if unet is None or not all(hasattr(unet, a) for a in ("input_blocks", "middle_block", "output_blocks")):
+        return None
+    found = {}
+    for kind, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
+        for i, block in enumerate(blocks):
+            for layer in block:
+                if isinstance(layer, _attention.SpatialTransformer):
+                    for k, tb in enumerate(layer.transformer_blocks):
+                        found[(kind, i, k)] = {"width": int(tb.attn1.to_q.in_features), "heads": int(tb.attn1.heads)}
+    return found
+
+
+def discrete_model_sampling(model: ModelPatcher):
+    """The model's model_sampling object if it is a discrete-timestep schedule whose sigmas can be shifted."""
+    import comfy.model_sampling as ms
+
+    sampling = model.get_model_object("model_sampling")
+    excluded = tuple(c for c in (getattr(ms, "ModelSamplingDiscreteEDM", None), getattr(ms, "StableCascadeSampling", None))
+                     if c is not None)
+    if isinstance(sampling, ms.ModelSamplingDiscrete) and not isinstance(sampling, excluded):
+        return sampling
+    return None

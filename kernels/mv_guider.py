@@ -19,9 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-# Set to True in transformer_options by a pass that must not receive guider features (MV-Adapter's
-# reference pass over the reference latent).
-REFERENCE_PASS_KEY = "parallax_mv_reference_pass"
+from .mv_adapter_layout import REFERENCE_PASS_KEY  # noqa: F401 - the reference pass gets no features
 ADAPTER_TYPES = ("full_adapter_xl", "full_adapter")
 LATENT_SCALE = 8  # SD / SDXL VAE: image pixels per latent pixel
 

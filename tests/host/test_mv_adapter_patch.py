@@ -1,0 +1,587 @@
+"""ParallaxMVAdapterPatch on the tiny SDXL / SD2.1 UNets.
+
+Parity: the CFG'd x0 prediction of the patched model, taken through the real sampler path
+(CFGGuider -> calc_cond_batch -> our wrappers and attn1 patches), against an independent reference
+assembled from the spec's formulas: plain torch forward hooks on the unpatched UNet's attn1 modules,
+the adapter tensors read straight from the file (mapped with the host's own ``unet_to_diffusers``),
+upstream's repeat_interleave row attention / flip-and-stack row-column attention, and the official
+reference branch (states repeated per view, all-zero states for the uncond half).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sample
+import comfy.sampler_helpers
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from parallax import compat
+from parallax.kernels.mv_adapter_layout import REFERENCE_PASS_KEY
+from parallax.nodes.errors import NodeInputError
+from parallax.nodes.mv_adapter import (
+    PLAN_KEY,
+    WRAPPER_KEY,
+    MVBranchPatch,
+    MVCapturePatch,
+    MVPlan,
+    MVRun,
+    load_adapter,
+)
+from parallax.nodes.mv_adapter import MVAdapterPatch as Patch
+
+from parallax_testing import synth, tiny_models
+from parallax_testing.synth_mv_adapter import PUBLISHED
+
+ROWCOL = {"mvadapter_tg2mv_sdxl", "mvadapter_ig2mv_sdxl", "mvadapter_tg2mv_sd21", "mvadapter_ig2mv_sd21"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvadapter")
+    return {name: synth.synthesize(name, root / f"{name}.safetensors", arch=base) for name, (base, _) in PUBLISHED.items()}
+
+
+def adapter_of(files, name):
+    return load_adapter(str(files[name]), "rowcol" if name in ROWCOL else "row")[0]
+
+
+def encode(clip, text):
+    cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+    return [[cond, {"pooled_output": pooled}]]
+
+
+def seeded(shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def bind(args, kwargs, names):
+    out = dict(zip(names, args))
+    out.update({k: v for k, v in kwargs.items()})
+    return out
+
+
+APPLY_ARGS = ("x", "t", "c_concat", "c_crossattn", "control", "transformer_options")
+
+
+def predict(model, positive, negative, cfg, latent, noise, sigma=6.0):
+    """One x0 prediction through the stock CFGGuider; also returns every apply_model call's inputs."""
+    calls = []
+
+    def record(executor, *args, **kwargs):
+        b = bind(args, kwargs, APPLY_ARGS)
+        calls.append({"x": b["x"], "t": b["t"], "context": b["c_crossattn"], "y": b.get("y"),
+                      "cond_or_uncond": list(b["transformer_options"]["cond_or_uncond"])})
+        return executor(*args, **kwargs)
+
+    m = model.clone()
+    m.add_wrapper_with_key(compat.WrappersMP.APPLY_MODEL, "parallax_test_record", record)
+    captured = {}
+
+    def one_step(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        captured["denoised"] = model_k(x, sigmas[0] * x.new_ones([x.shape[0]]), **extra_args)
+        return captured["denoised"]
+
+    guider = comfy.samplers.CFGGuider(m)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    guider.sample(noise, latent, comfy.samplers.KSAMPLER(one_step), torch.tensor([sigma, 0.0]), seed=0,
+                  disable_pbar=True)
+    return captured["denoised"], calls
+
+
+# ---- the independent reference -------------------------------------------------------------------
+
+def softmax_attention(q, k, v, heads):
+    """[B, Nq, C] x [B, Nk, C] -> [B, Nq, C], explicit softmax(q k^T / sqrt(d)) v."""
+    b, nq, c = q.shape
+    d = c // heads
+    q, k, v = (t.reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (w @ v).transpose(1, 2).reshape(b, nq, c)
+
+
+def upstream_row(q, k, v, heads, nv, ih, iw):
+    bt, n, c = q.shape
+    b = bt // nv
+    qr = q.reshape(bt * ih, iw, c)
+    kr = k.reshape(b, nv, ih, iw, c).permute(0, 2, 1, 3, 4).reshape(b, ih, nv * iw, c)
+    vr = v.reshape(b, nv, ih, iw, c).permute(0, 2, 1, 3, 4).reshape(b, ih, nv * iw, c)
+    kr = kr.repeat_interleave(nv, dim=0).reshape(bt * ih, nv * iw, c)  # one K/V copy per view
+    vr = vr.repeat_interleave(nv, dim=0).reshape(bt * ih, nv * iw, c)
+    return softmax_attention(qr, kr, vr, heads).reshape(bt, n, c)
+
+
+def upstream_rowcol(q, k, v, heads, ih, iw):
+    bt, n, c = q.shape
+    b = bt // 6
+    qv, kv, vv = (t.reshape(b, 6, ih, iw, c) for t in (q, k, v))
+
+    def rows(t):
+        return t[:, 0:4].permute(0, 2, 1, 3, 4).reshape(b * ih, 4 * iw, c)
+
+    def cols(t):
+        t = torch.cat([torch.flip(t[:, [0]], [3]), t[:, [2, 4, 5]]], dim=1)
+        return t.permute(0, 3, 1, 2, 4).reshape(b * iw, 4 * ih, c)
+
+    row = softmax_attention(rows(qv), rows(kv), rows(vv), heads).reshape(b, ih, 4, iw, c).permute(0, 2, 1, 3, 4)
+    col = softmax_attention(cols(qv), cols(kv), cols(vv), heads).reshape(b, iw, 4, ih, c).permute(0, 2, 3, 1, 4)
+    col = torch.cat([torch.flip(col[:, [0]], [3]), col[:, 1:]], dim=1)
+    out = torch.stack([(row[:, 0] + col[:, 0]) / 2, row[:, 1], (row[:, 2] + col[:, 1]) / 2, row[:, 3], col[:, 2],
+                       col[:, 3]], dim=1)
+    return out.reshape(bt, n, c)
+
+
+class Reference:
+    """MV-Adapter assembled from the formulas with forward hooks on the unpatched UNet."""
+
+    def __init__(self, model, path, attention, num_views, mv_scale=1.0, ref_scale=1.0):
+        self.model, self.nv, self.attention = model, num_views, attention
+        self.mv_scale, self.ref_scale = mv_scale, ref_scale
+        self.unet = model.model.diffusion_model
+        host_map = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+        self.layers: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in load_file(str(path)).items():
+            if key.startswith("adapter."):
+                continue
+            prefix, leaf = key.split(".attn1.processor.")
+            attn1 = host_map[f"{prefix}.attn1.to_q.weight"][: -len(".to_q.weight")]
+            self.layers.setdefault(attn1, {})[leaf] = tensor
+
+    def capture(self, latent, context, y):
+        """The reference pass: attn1 inputs (norm1 outputs) of one t = 0 pass over the raw latent."""
+        states, hooks = {}, []
+        for path in self.layers:
+            module = self.unet.get_submodule(path)
+            hooks.append(module.register_forward_pre_hook(lambda mod, args, p=path: states.__setitem__(p, args[0])))
+        try:
+            self.unet(latent, torch.zeros(latent.shape[0]), context=context, y=y, transformer_options={})
+        finally:
+            for h in hooks:
+                h.remove()
+        return states
+
+    def x0(self, x, sigma, context, y, hw, states=None, zero_reference=False):
+        """x0 of one CFG half with the branches added to every attn1 output."""
+        h, w = hw
+        hooks = []
+
+        def branches(path, n, heads):
+            t = self.layers[path]
+            lin = torch.nn.functional.linear
+            factor = math.isqrt(h * w // n.shape[1])
+            ih, iw = h // factor, w // factor
+            extra = 0
+            if self.mv_scale:
+                q, k, v = lin(n, t["to_q_mv.weight"]), lin(n, t["to_k_mv.weight"]), lin(n, t["to_v_mv.weight"])
+                if self.attention == "row":
+                    mv = upstream_row(q, k, v, heads, self.nv, ih, iw)
+                else:
+                    mv = upstream_rowcol(q, k, v, heads, ih, iw)
+                extra = lin(mv, t["to_out_mv.0.weight"], t["to_out_mv.0.bias"]) * self.mv_scale
+            if states is not None and self.ref_scale:
+                r = states[path]
+                r = r.repeat_interleave(n.shape[0] // r.shape[0], dim=0)  # one copy per view, as upstream
+                if zero_reference:
+                    r = torch.zeros_like(r)
+                att = softmax_attention(lin(n, t["to_q_ref.weight"]), lin(r, t["to_k_ref.weight"]),
+                                        lin(r, t["to_v_ref.weight"]), heads)
+                extra = extra + lin(att, t["to_out_ref.0.weight"], t["to_out_ref.0.bias"]) * self.ref_scale
+            return extra
+
+        for path in self.layers:
+            module = self.unet.get_submodule(path)
+            hooks.append(module.register_forward_hook(
+                lambda mod, args, out, p=path: out + branches(p, args[0], mod.heads)))
+        try:
+            return self.model.model.apply_model(x, sigma, c_crossattn=context, y=y)
+        finally:
+            for hk in hooks:
+                hk.remove()
+
+    def predict(self, calls, cfg, hw, reference_latent=None):
+        """CFG over the recorded halves: uncond + cfg (cond - uncond)."""
+        halves = {}
+        for call in calls:
+            chunks = call["cond_or_uncond"]
+            per = call["x"].shape[0] // len(chunks)
+            for i, kind in enumerate(chunks):
+                sl = slice(i * per, (i + 1) * per)
+                halves[kind] = {k: (call[k][sl] if call[k] is not None else None) for k in ("x", "t", "context", "y")}
+        states = None
+        if reference_latent is not None:
+            c = halves[0]
+            firsts = slice(0, None, self.nv)
+            refs = reference_latent.shape[0]
+            states = self.capture(reference_latent * self.scale_factor(), c["context"][firsts][:refs],
+                                  c["y"][firsts][:refs] if c["y"] is not None else None)
+        out = {kind: self.x0(v["x"], v["t"], v["context"], v["y"], hw, states, zero_reference=kind == 1)
+               for kind, v in halves.items()}
+        if 1 not in out:
+            return out[0]
+        return out[1] + cfg * (out[0] - out[1])
+
+    def scale_factor(self):
+        return self.model.model.latent_format.scale_factor
+
+
+def rel_error(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+CASES = [  # (file, arch, cfg, views, batch, latent h, w, references)
+    ("mvadapter_t2mv_sdxl", "sdxl", 5.0, 6, 6, 32, 32, 0),
+    ("mvadapter_t2mv_sdxl", "sdxl", 1.0, 6, 6, 32, 32, 0),
+    ("mvadapter_t2mv_sdxl", "sdxl", 5.0, 3, 6, 32, 24, 0),  # 2 samples, non-square latent
+    ("mvadapter_i2mv_sdxl", "sdxl", 3.0, 6, 6, 32, 32, 1),
+    ("mvadapter_i2mv_sdxl", "sdxl", 1.0, 6, 6, 32, 32, 1),
+    ("mvadapter_i2mv_sdxl_beta", "sdxl", 3.0, 3, 6, 24, 32, 2),  # one reference per sample
+    ("mvadapter_tg2mv_sdxl", "sdxl", 5.0, 6, 6, 32, 32, 0),
+    ("mvadapter_ig2mv_sdxl", "sdxl", 3.0, 6, 6, 32, 32, 1),
+    ("mvadapter_tg2mv_sdxl", "sdxl", 1.0, 6, 6, 32, 32, 0),
+    ("mvadapter_t2mv_sd21", "sd21", 5.0, 6, 6, 32, 32, 0),
+    ("mvadapter_i2mv_sd21", "sd21", 3.0, 6, 6, 32, 32, 1),
+    ("mvadapter_i2mv_sd21", "sd21", 1.0, 6, 6, 32, 32, 1),
+    ("mvadapter_tg2mv_sd21", "sd21", 5.0, 6, 6, 32, 32, 0),
+    ("mvadapter_ig2mv_sd21", "sd21", 3.0, 6, 6, 32, 32, 1),
+]
+PARITY: dict[str, float] = {}
+
+
+@pytest.mark.parametrize(("name", "arch", "cfg", "views", "batch", "h", "w", "refs"), CASES,
+                         ids=[f"{c[0][10:]}-cfg{c[2]:g}-{c[3]}v-{c[5]}x{c[6]}" for c in CASES])
+def test_patched_prediction_equals_the_formula_reference(files, name, arch, cfg, views, batch, h, w, refs):
+    ckpt = tiny_models.build_checkpoint(arch, 0)
+    adapter = adapter_of(files, name)
+    positive, negative = encode(ckpt.clip, "a wooden chair"), encode(ckpt.clip, "blurry")
+    reference = seeded((refs, 4, h, w), 1) if refs else None
+    patched = Patch.execute(model=ckpt.model, adapter=adapter, num_views=views,
+                            reference_latent={"samples": reference} if refs else None)[0]
+    latent = torch.zeros(batch, 4, h, w)
+    ours, calls = predict(patched, positive, negative, cfg, latent, seeded(latent.shape, 2))
+    assert [c["cond_or_uncond"] for c in calls] == ([[1, 0]] if cfg != 1 else [[0]])
+    ref = Reference(ckpt.model, files[name], adapter.attention, views).predict(calls, cfg, (h, w), reference)
+    err = rel_error(ours, ref)
+    PARITY[f"{name} cfg={cfg:g} views={views} {h}x{w}"] = err
+    assert err <= 1e-5, err
+    if not refs:  # the branches matter: the unpatched model is far from the reference
+        plain, _ = predict(ckpt.model, positive, negative, cfg, latent, seeded(latent.shape, 2))
+        assert rel_error(plain, ref) > 1e-2
+
+
+def test_report_parity_errors():
+    """Prints the table of relative errors measured above (for the closing note)."""
+    for case, err in PARITY.items():
+        print(f"parity {case}: {err:.2e}")
+    assert all(err <= 1e-5 for err in PARITY.values())
+
+
+# ---- bit-exact no-ops ---------------------------------------------------------------------------
+
+def sample(model, positive, negative, latent, cfg=5.0, steps=2, seed=0):
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, latent, seed=seed,
+                               disable_pbar=True)
+
+
+def test_zero_scales_return_the_unpatched_model(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    adapter = adapter_of(files, "mvadapter_i2mv_sdxl")
+    out = Patch.execute(model=ckpt.model, adapter=adapter, mv_scale=0.0, ref_scale=0.0,
+                        reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    assert out is ckpt.model
+    t2mv = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_t2mv_sdxl"), mv_scale=0.0,
+                         ref_scale=1.0)[0]
+    assert t2mv is ckpt.model  # ref_scale has nothing to act on in a t2mv file
+
+
+def test_zeroed_out_projections_are_bit_identical_and_the_input_is_untouched(files, tmp_path):
+    """Spec 10.4: to_out_* weights and biases zeroed -> the patched model samples exactly like the original."""
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    sd = load_file(str(files["mvadapter_i2mv_sdxl"]))
+    for key in sd:
+        if ".to_out_" in key:
+            sd[key] = torch.zeros_like(sd[key])
+    save_file(sd, str(tmp_path / "zeroed.safetensors"))
+    adapter = load_adapter(str(tmp_path / "zeroed.safetensors"))[0]
+    before = copy.copy(ckpt.model.model_options["transformer_options"]), dict(ckpt.model.wrappers)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter, reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    assert patched is not ckpt.model
+    assert ckpt.model.model_options["transformer_options"] == before[0]  # the input patcher is unchanged
+    assert PLAN_KEY not in ckpt.model.model_options["transformer_options"]
+    assert not ckpt.model.additional_models and not any(ckpt.model.wrappers.get(k) for k in ckpt.model.wrappers)
+    positive, negative = encode(ckpt.clip, "a chair"), encode(ckpt.clip, "")
+    latent = torch.zeros(6, 4, 32, 32)
+    assert torch.equal(sample(patched, positive, negative, latent), sample(ckpt.model, positive, negative, latent))
+
+
+# ---- the patch's registrations and objects -------------------------------------------------------
+
+def test_registrations(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_i2mv_sdxl"),
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    to = patched.model_options["transformer_options"]
+    assert isinstance(to[PLAN_KEY], MVPlan)
+    assert isinstance(to["patches"]["attn1_patch"][-1], MVCapturePatch)
+    assert isinstance(to["patches"]["attn1_output_patch"][-1], MVBranchPatch)
+    assert WRAPPER_KEY in patched.wrappers[compat.WrappersMP.OUTER_SAMPLE]
+    assert WRAPPER_KEY in patched.wrappers[compat.WrappersMP.DIFFUSION_MODEL]
+    weights = patched.additional_models[WRAPPER_KEY]
+    assert len(weights) == 1 and isinstance(weights[0], compat.ModelPatcher)
+    module = weights[0].model
+    assert len(module.mv) == 70 and len(module.ref) == 70
+    # the same adapter object reuses its weights (no rebuild when a graph re-runs); another file has its own
+    adapter = adapter_of(files, "mvadapter_t2mv_sdxl")
+    first = Patch.execute(model=ckpt.model, adapter=adapter)[0].additional_models[WRAPPER_KEY][0]
+    assert Patch.execute(model=ckpt.model, adapter=adapter, mv_scale=0.5)[0].additional_models[WRAPPER_KEY][0] is first
+    assert first.model is not module
+    with pytest.raises(NodeInputError, match="already patched"):
+        Patch.execute(model=patched, adapter=adapter_of(files, "mvadapter_t2mv_sdxl"))
+
+
+def test_patch_objects_survive_deepcopy_and_to(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_i2mv_sdxl"),
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    to = patched.model_options["transformer_options"]
+    copied = copy.deepcopy(patched.model_options)["transformer_options"]
+    assert copied[PLAN_KEY] is to[PLAN_KEY]
+    assert copied["patches"]["attn1_patch"][-1] is to["patches"]["attn1_patch"][-1]
+    clone = patched.clone()  # 0.3.75 deep-copies model_options here
+    weight = to[PLAN_KEY].weights.model.mv["input_4_0"].to_q.weight
+    clone_plan = clone.model_options["transformer_options"][PLAN_KEY]
+    assert clone_plan.weights.model.mv["input_4_0"].to_q.weight.data_ptr() == weight.data_ptr()
+    assert clone.additional_models[WRAPPER_KEY][0].model is to[PLAN_KEY].weights.model
+    for patch in (to["patches"]["attn1_patch"][-1], to["patches"]["attn1_output_patch"][-1]):
+        assert patch.to(torch.device("cpu")) is patch
+        assert patch.to(torch.float16) is patch
+    assert weight.dtype == torch.float32  # .to(dtype) does not touch the shared weights
+
+
+def test_the_model_patchers_to_pass_keeps_results(files):
+    """model_patches_to(device) then (dtype), as load_models_gpu does, leaves the prediction unchanged."""
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_t2mv_sdxl"))[0]
+    positive, negative = encode(ckpt.clip, "a chair"), encode(ckpt.clip, "")
+    latent = torch.zeros(6, 4, 32, 32)
+    first = sample(patched, positive, negative, latent, steps=1)
+    patched.model_patches_to(torch.device("cpu"))
+    patched.model_patches_to(torch.float16)
+    assert torch.equal(sample(patched, positive, negative, latent, steps=1), first)
+
+
+# ---- batches, chunking and the reference pass ---------------------------------------------------
+
+def test_batch_not_a_multiple_of_views_is_a_clear_error(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_t2mv_sdxl"), num_views=6)[0]
+    positive, negative = encode(ckpt.clip, "a chair"), encode(ckpt.clip, "")
+    with pytest.raises(NodeInputError) as err:
+        sample(patched, positive, negative, torch.zeros(4, 4, 32, 32), steps=1)
+    assert "MVAdapterPatch: input 'num_views' expected a latent batch that is a multiple of 6, got a batch of 4" \
+        in str(err.value)
+
+
+def test_bad_node_inputs(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    with pytest.raises(NodeInputError, match="reference_latent"):
+        Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_t2mv_sdxl"),
+                      reference_latent={"samples": torch.zeros(1, 4, 32, 32)})
+    with pytest.raises(NodeInputError, match="6 for a row-column"):
+        Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_tg2mv_sdxl"), num_views=4)
+    with pytest.raises(NodeInputError, match="output of MV-Adapter Loader"):
+        Patch.execute(model=ckpt.model, adapter="mvadapter_t2mv_sdxl.safetensors")
+
+
+def test_too_many_references_is_a_clear_error(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_i2mv_sdxl"),
+                            reference_latent={"samples": torch.zeros(3, 4, 32, 32)})[0]
+    positive, negative = encode(ckpt.clip, "a chair"), encode(ckpt.clip, "")
+    with pytest.raises(NodeInputError, match="1 reference latent"):
+        sample(patched, positive, negative, torch.zeros(6, 4, 32, 32), steps=1)
+
+
+def count_reference_passes(patched):
+    """A DIFFUSION_MODEL wrapper outside ours that counts calls made in the reference pass (none expected)
+    and an attn1 patch that counts reference-pass block calls."""
+    seen = {"ref_blocks": 0, "calls": []}
+
+    def attn1(n, context, value, extra_options):
+        if extra_options.get(REFERENCE_PASS_KEY):
+            seen["ref_blocks"] += 1
+        return n, context, value
+
+    m = patched.clone()
+    m.set_model_attn1_patch(attn1)
+
+    def outer(executor, *args, **kwargs):
+        seen["calls"].append(list(bind(args, kwargs, ("x", "t", "c", "y", "control", "to"))["to"]["cond_or_uncond"]))
+        return executor(*args, **kwargs)
+
+    m.add_wrapper_with_key(compat.WrappersMP.DIFFUSION_MODEL, "parallax_test_count", outer)
+    return m, seen
+
+
+def test_split_calls_equal_the_batched_call_and_run_the_reference_once(files, monkeypatch):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    adapter = adapter_of(files, "mvadapter_i2mv_sdxl")
+    patched = Patch.execute(model=ckpt.model, adapter=adapter,
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    positive, negative = encode(ckpt.clip, "a chair"), encode(ckpt.clip, "ugly")
+    latent = torch.zeros(6, 4, 32, 32)
+    m, seen = count_reference_passes(patched)
+    batched = sample(m, positive, negative, latent, steps=2)
+    assert seen["calls"] == [[1, 0], [1, 0]]
+    assert seen["ref_blocks"] == 70  # one reference pass for the whole run
+    real_free = comfy.model_management.get_free_memory
+
+    def no_room_for_batching(*args, **kwargs):  # only calc_cond_batch's batching decision sees 0 bytes
+        return 0 if sys._getframe(1).f_code.co_name == "_calc_cond_batch" else real_free(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", no_room_for_batching)
+    m, seen = count_reference_passes(patched)
+    split = sample(m, positive, negative, latent, steps=2)
+    assert seen["calls"] == [[1], [0], [1], [0]]  # uncond first: it needs no reference
+    assert seen["ref_blocks"] == 70
+    # batch-size-dependent BLAS round-off only (the unpatched model differs by ~2e-6 the same way)
+    assert rel_error(split, batched) <= 1e-5
+
+
+def apply_direct(model, run, x, sigma, context, y, cond_or_uncond):
+    """apply_model with a hand-built chunk layout (what calc_cond_batch would build), wrappers merged."""
+    options = comfy.model_patcher.create_model_options_clone(model.model_options)
+    comfy.sampler_helpers.prepare_model_patcher(model, {}, options)
+    to = options["transformer_options"]
+    to[PLAN_KEY] = run
+    to["cond_or_uncond"] = cond_or_uncond
+    to["sigmas"] = sigma[: x.shape[0] // len(cond_or_uncond)]
+    return model.model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=to)
+
+
+@pytest.mark.parametrize("name", ["mvadapter_i2mv_sdxl", "mvadapter_ig2mv_sdxl"])
+def test_chunk_layouts_give_identical_per_sample_outputs(files, name):
+    """cond_or_uncond [1, 0], [0, 1], [0], [1]: each half's x0 is the same whatever the layout."""
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, name),
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    plan = patched.model_options["transformer_options"][PLAN_KEY]
+    xs = {0: seeded((6, 4, 32, 32), 3), 1: seeded((6, 4, 32, 32), 4)}
+    ctx = {0: seeded((6, 77, 64), 5), 1: seeded((6, 77, 64), 6)}
+    ys = {0: seeded((6, 2816), 7), 1: seeded((6, 2816), 8)}
+    sigma = torch.full((6,), 3.0)
+
+    def layout(chunks):
+        run = plan.new_run(patched.model.process_latent_in(plan.reference), torch.tensor([0.03]))
+        out = apply_direct(patched, run, torch.cat([xs[c] for c in chunks]), sigma.repeat(len(chunks)),
+                           torch.cat([ctx[c] for c in chunks]), torch.cat([ys[c] for c in chunks]), chunks)
+        return dict(zip(chunks, out.split(6))), run
+
+    both, run = layout([1, 0])
+    assert run.reference_passes == 1 and len(run.kv) == 70 and not run.pending
+    flipped, _ = layout([0, 1])
+    only_u, run_u = layout([1])
+    assert run_u.reference_passes == 0  # uncond-only: no reference pass
+    only_c, _ = layout([0])
+    for kind, other in ((0, flipped), (0, only_c), (1, flipped), (1, only_u)):
+        assert rel_error(other[kind], both[kind]) <= 1e-5
+
+
+def test_reference_states_are_the_norm1_outputs_of_a_t0_pass(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    name = "mvadapter_i2mv_sdxl"
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, name),
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    plan = patched.model_options["transformer_options"][PLAN_KEY]
+    run = plan.new_run(patched.model.process_latent_in(plan.reference), torch.tensor([0.03]))
+    x, ctx, y = seeded((6, 4, 32, 32), 3), seeded((6, 77, 64), 5), seeded((6, 2816), 7)
+    apply_direct(patched, run, x, torch.full((6,), 3.0), ctx, y, [0])
+    ref = Reference(ckpt.model, files[name], "row", 6)
+    states = ref.capture(plan.reference * ref.scale_factor(), ctx[:1], y[:1])
+    for path, state in states.items():
+        parts = path.split(".")
+        block = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}[parts[0]]
+        address = (block, 0 if block == "middle" else int(parts[1]), int(parts[-2]))
+        t = ref.layers[path]
+        k = torch.nn.functional.linear(state, t["to_k_ref.weight"])
+        v = torch.nn.functional.linear(state, t["to_v_ref.weight"])
+        torch.testing.assert_close(run.kv[address][0], k, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(run.kv[address][1], v, rtol=1e-5, atol=1e-6)
+
+
+def test_uncond_reference_output_is_exactly_the_bias(files):
+    """Through the patch objects: an uncond chunk gets out + ref_scale * to_out_ref.0.bias, bit for bit."""
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_i2mv_sdxl"), mv_scale=0.0,
+                            ref_scale=0.5, reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    to = patched.model_options["transformer_options"]
+    plan = to[PLAN_KEY]
+    run = MVRun(plan, seeded((1, 4, 32, 32), 1), None)
+    capture, branch = to["patches"]["attn1_patch"][-1], to["patches"]["attn1_output_patch"][-1]
+    n, out = seeded((6, 256, 64), 9), seeded((6, 256, 64), 10)
+    extra = {PLAN_KEY: run, "block": ("input", 4), "block_index": 1, "n_heads": 4, "cond_or_uncond": [1],
+             "activations_shape": [6, 64, 16, 16]}
+    capture(n, n, n, extra)
+    result = branch(out, extra)
+    bias = plan.weights.model.ref["input_4_1"].to_out.bias
+    assert torch.equal(result, out + bias * 0.5)
+
+
+# ---- no state leaks -----------------------------------------------------------------------------
+
+def test_no_state_leaks_between_runs(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_i2mv_sdxl"),
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    chair, table, negative = (encode(ckpt.clip, t) for t in ("a chair", "a table", "ugly"))
+    latent = torch.zeros(6, 4, 32, 32)
+    first = sample(patched, chair, negative, latent)
+    assert torch.equal(sample(patched, chair, negative, latent), first)
+    other = sample(patched, table, negative, latent)
+    assert not torch.equal(other, first)  # the reference pass used the new prompt
+    assert torch.equal(sample(patched, chair, negative, latent), first)
+    plan = patched.model_options["transformer_options"][PLAN_KEY]
+    assert isinstance(plan, MVPlan)  # the run state never reached the patcher's own options
+
+
+def test_outside_a_sampling_run_is_a_clear_error(files):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    patched = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_t2mv_sdxl"))[0]
+    to = patched.model_options["transformer_options"]
+    with pytest.raises(RuntimeError, match="outside a ComfyUI sampling run"):
+        patched.model.apply_model(torch.zeros(6, 4, 32, 32), torch.full((6,), 3.0), c_crossattn=torch.zeros(6, 77, 64),
+                                  y=torch.zeros(6, 2816), transformer_options=to)
+
+
+def test_stacks_with_another_attn1_patch_and_a_lora(files, tmp_path):
+    ckpt = tiny_models.build_checkpoint("sdxl", 0)
+    lora = synth.synthesize("lora", tmp_path / "lora.safetensors", arch="sdxl")
+    model, _ = comfy.sd.load_lora_for_models(ckpt.model, ckpt.clip, comfy.utils.load_torch_file(str(lora)), 0.8, 0.0)
+    calls = []
+
+    def spy(n, context, value, extra_options):
+        calls.append(extra_options["block"])
+        return n, context, value
+
+    model = model.clone()
+    model.set_model_attn1_patch(spy)
+    patched = Patch.execute(model=model, adapter=adapter_of(files, "mvadapter_i2mv_sdxl"),
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    assert patched.model_options["transformer_options"]["patches"]["attn1_patch"][0] is spy
+    positive, negative = encode(ckpt.clip, "a chair"), encode(ckpt.clip, "")
+    latent = torch.zeros(6, 4, 32, 32)
+    out = sample(patched, positive, negative, latent, steps=1)
+    assert torch.isfinite(out).all() and len(calls) == 2 * 70  # reference pass + the [1, 0] call, 70 blocks each
+    no_lora = Patch.execute(model=ckpt.model, adapter=adapter_of(files, "mvadapter_i2mv_sdxl"),
+                            reference_latent={"samples": seeded((1, 4, 32, 32), 1)})[0]
+    assert not torch.equal(sample(no_lora, positive, negative, latent, steps=1), out)
