@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .mv_adapter_layout import REFERENCE_PASS_KEY  # noqa: F401 - the reference pass gets no features
+
 ADAPTER_TYPES = ("full_adapter_xl", "full_adapter")
 LATENT_SCALE = 8  # SD / SDXL VAE: image pixels per latent pixel
 
