@@ -7,9 +7,9 @@ how to run it without real weights:
   ``CheckpointLoaderSimple`` (sd15 | sd21 | sdxl);
 - ``models``: model files the graph loads, each ``{"folder", "name", "synth"}``; in tiny mode the
   file is synthesised in that folder with the real key layout (see ``parallax_testing.synth``);
-- ``inputs``: image files the graph loads, looked up in ``tests/data``;
-- ``tiny_inputs``: ``{node_id: {input: value}}`` applied in tiny mode only, so a workflow can keep
-  the real resolution and step count while the tests run it small.
+- ``inputs``: image files the graph loads, looked up in ``tests/data``.
+
+Workflows keep the real resolution and step count; tiny mode caps them (``shrink_for_tiny``).
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ def to_prompt(workflow: Mapping[str, Any], object_info: Mapping[str, Any], tiny:
                 node["class_type"] = "ParallaxTinyCheckpoint"
                 node["inputs"] = {"arch": arch, "seed": seed}
         shrink_for_tiny(prompt)
-        for node_id, values in meta(workflow).get("tiny_inputs", {}).items():
-            if str(node_id) in prompt:
-                prompt[str(node_id)]["inputs"].update(values)
     return prompt
 
 

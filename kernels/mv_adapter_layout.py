@@ -318,3 +318,18 @@ def attention_hint(metadata: dict[str, str] | None, sidecar: dict | None) -> tup
 # over the reference latent at t = 0). Other patches that must not act on that pass (the geometry
 # guider's residuals, for one) check ``transformer_options.get(REFERENCE_PASS_KEY)``.
 REFERENCE_PASS_KEY = "parallax_mv_reference_pass"
+# transformer_options keys under which the two MV-Adapter model nodes leave their (immutable) plans:
+# MVAdapterPatch's plan (with ``num_views``) and each GeometryGuider's spec (with ``num_views``). Each
+# node checks the other's view count, whichever is applied first.
+PATCH_PLAN_KEY = "parallax_mv_adapter"
+GUIDER_SLOT_PREFIX = "parallax_mv_guider"
+
+
+def planned_view_counts(transformer_options: dict) -> dict[str, int]:
+    """``{key: num_views}`` of the MV-Adapter plans already on a model (patch and guiders)."""
+    return {
+        key: int(value.num_views)
+        for key, value in transformer_options.items()
+        if isinstance(key, str) and (key == PATCH_PLAN_KEY or key.startswith(GUIDER_SLOT_PREFIX))
+        and hasattr(value, "num_views")
+    }

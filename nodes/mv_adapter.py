@@ -27,6 +27,7 @@ from .. import compat
 from ..kernels.mv_adapter_layout import (
     ATTENTIONS,
     BASE_LABELS,
+    PATCH_PLAN_KEY,
     REFERENCE_PASS_KEY,
     LayerAddress,
     LayoutError,
@@ -35,6 +36,7 @@ from ..kernels.mv_adapter_layout import (
     describe,
     expected_addresses,
     parse_adapter,
+    planned_view_counts,
 )
 from ..kernels.mv_attention import Branch, MVBatchError, chunk_batch, decoupled_attn1_output, token_grid
 from ..kernels.snr_shift import MODES, shift_sigmas
@@ -47,7 +49,7 @@ compat.register_model_folder(FOLDER)
 
 MV_ADAPTER = io.Custom("PX_MV_ADAPTER")
 ATTENTION_CHOICES = ("auto",) + ATTENTIONS
-PLAN_KEY = "parallax_mv_adapter"  # transformer_options: the MVPlan (node output) / MVRun (during a run)
+PLAN_KEY = PATCH_PLAN_KEY  # transformer_options: the MVPlan (node output) / MVRun (during a run)
 WRAPPER_KEY = "parallax_mv_adapter"
 SIDECAR_LIMIT = 64 * 1024
 
@@ -549,6 +551,10 @@ class MVAdapterPatch(io.ComfyNode):
         if PLAN_KEY in transformer_options:
             raise NodeInputError("MVAdapterPatch", "model", "a model without MV-Adapter", "an already patched model",
                                  "apply MV-Adapter Patch once")
+        for views in planned_view_counts(transformer_options).values():
+            if views != num_views:
+                raise NodeInputError("MVAdapterPatch", "num_views", f"{views} views, as the GeometryGuider on this "
+                                     "model", str(num_views), "use the same number of views in both nodes")
         use_ref = adapter.has_ref and ref_scale != 0
         if mv_scale == 0 and not use_ref:
             return io.NodeOutput(model)  # nothing to add: the unpatched model, bit for bit

@@ -17,7 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from .. import compat
-from ..kernels.mv_adapter_layout import MVAdapterFile
+from ..kernels.mv_adapter_layout import GUIDER_SLOT_PREFIX, MVAdapterFile, planned_view_counts
 from ..kernels.mv_cameras import CameraSet
 from ..kernels.mv_guider import (
     LATENT_SCALE,
@@ -38,7 +38,7 @@ log = logging.getLogger("parallax")
 
 PX_MV_ADAPTER = io.Custom("PX_MV_ADAPTER")
 NODE = "GeometryGuider"
-SLOT_PREFIX = "parallax_mv_guider"
+SLOT_PREFIX = GUIDER_SLOT_PREFIX
 WRAPPER_KEY = "parallax_mv_guider"
 
 # One T2IAdapter (in a ModelPatcher) per adapter file and dtype, reused while the file object lives.
@@ -309,6 +309,11 @@ class GeometryGuider(io.ComfyNode):
                 else "cameras"
             raise NodeInputError(NODE, missing, "cameras, or position_maps and normal_maps", "nothing connected there",
                                  "connect CameraRaymap's cameras (t2mv/i2mv) or both geometry maps (tg2mv/ig2mv)")
+        for views in planned_view_counts(model.model_options.get("transformer_options", {})).values():
+            if views != num_views:
+                raise NodeInputError(NODE, "cameras" if cameras is not None else "position_maps",
+                                     f"{views} views, as MVAdapterPatch's num_views on this model",
+                                     f"{num_views} views", "use a camera rig (or maps) with one view per num_views")
         if control.shape[1] != adapter.guider_in_channels:
             raise NodeInputError(NODE, "adapter", f"a condition encoder for {control.shape[1]}-channel maps",
                                  f"{adapter.guider_in_channels} input channels", "use a published MV-Adapter file")

@@ -6,7 +6,7 @@ import pytest
 
 import examples
 from host_server import PACK_NAME
-from workflow_api import WIDGET_TYPES, ui_to_api, widget_names
+from workflow_api import ui_to_api, widget_names
 
 TESTING_NODES = {"ParallaxTinyCheckpoint"}
 
@@ -67,21 +67,7 @@ def test_example_declares_how_to_run_without_weights(path):
         assert meta.get("tiny_arch") in ("sd15", "sd21", "sdxl"), f"{path.name}: set extra.parallax.tiny_arch"
 
 
-def unreachable_nodes(object_info, nodes) -> dict[str, set[str]]:
-    """Nodes with a required socket type that no registered node outputs (its producer lands with another
-    branch): no runnable example can exist yet. The exemption expires as soon as a producer is registered."""
-    produced = {t for info in object_info.values() for t in info["output"]}
-    out = {}
-    for name in nodes:
-        kinds = {spec[0] for spec in object_info[name]["input"].get("required", {}).values()}
-        missing = {k for k in kinds if isinstance(k, str) and k not in WIDGET_TYPES and k not in produced}
-        if missing:
-            out[name] = missing
-    return out
-
-
 def test_examples_cover_every_node(object_info, converted):
     ours = {n for n, i in object_info.items() if i["python_module"].endswith(f"custom_nodes.{PACK_NAME}")}
     used = {node["class_type"] for _, prompt in converted.values() for node in prompt.values()}
-    pending = unreachable_nodes(object_info, ours - used)
-    assert not ours - used - set(pending), f"nodes without an example workflow: {sorted(ours - used - set(pending))}"
+    assert not ours - used, f"nodes without an example workflow: {sorted(ours - used)}"
