@@ -2,37 +2,35 @@
 
 Prints images per second at 512^2 and 1024^2, batch 1 and 16, for the node's two modes (native size
 and the official 256 working size), on the same photographs (tests/data, resized, with their
-masks). OpenCV gets what it works on natively (uint8 HWC arrays, one call per image); the kernel
-gets what the node gets (a float32 [B, H, W, 3] IMAGE in [0, 1]) and returns a float IMAGE, so its
-figures include those conversions. Times are the best of several interleaved repetitions; peak
-memory is the peak growth of the resident set during one call (after a warm-up call) in a fresh
-process, sampled every 0.5 ms. ``--threads N`` gives
-both libraries N threads (default: their own defaults). OpenMP is set to wait passively
-(OMP_WAIT_POLICY=PASSIVE unless set): on a shared, oversubscribed CPU its default spin-waiting
-slows torch's many small parallel regions down by up to 100x. Run:
+masks). Two OpenCV figures: "core" gets what OpenCV works on natively (uint8 HWC arrays, one call
+per image); "node" is what an OpenCV-based ComfyUI node does on the same IMAGE tensor (float32 IMAGE
+-> uint8 per image -> the recipe -> a float32 IMAGE batch). The kernel gets what the node gets (a
+float32 [B, H, W, 3] IMAGE in [0, 1]) and returns a float IMAGE, so its figures include those
+conversions. Times are the best of several interleaved repetitions; peak memory is the peak growth
+of the resident set during one call (after a warm-up call) in a fresh process, sampled every 0.5 ms.
+``--threads N`` gives both libraries N threads (default: their own defaults). OpenMP runs with its
+defaults, as in ComfyUI; on a heavily oversubscribed CPU, OMP_WAIT_POLICY=PASSIVE avoids spin-waiting
+(it also slows torch's many small parallel regions on an idle machine). Run:
 
     .venv/bin/python bench/bench_high_freq.py [--repeats 5] [--threads N] [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import cv2
+import numpy as np
+import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -68,6 +66,11 @@ def runners(hf, working: int | None, imgs, masks, image, mask, device: str = "cp
     def ocv():
         return [opencv_hf_map(i, m, working=working) for i, m in zip(imgs, masks)]
 
+    def ocv_node():
+        levels = image.mul(255).round_().to(torch.uint8).numpy()
+        maps = [opencv_hf_map(levels[i], masks[i], working=working) for i in range(len(masks))]
+        return torch.from_numpy(np.stack(maps)).float().div_(255)
+
     dev_image, dev_mask = image.to(device), mask.to(device)
 
     def ours():
@@ -76,7 +79,7 @@ def runners(hf, working: int | None, imgs, masks, image, mask, device: str = "cp
             torch.cuda.synchronize()
         return out
 
-    return ocv, ours
+    return ocv, ocv_node, ours
 
 
 def best_time(fn, repeats: int) -> float:
@@ -107,7 +110,7 @@ def child(impl: str, size: int, batch: int, working: int | None, threads: int) -
     set_threads(threads)
     hf = load_pack()
     imgs, masks, image, mask = make_data(size, batch)
-    ocv, ours = runners(hf, working, imgs, masks, image, mask)
+    ocv, _, ours = runners(hf, working, imgs, masks, image, mask)
     fn = ocv if impl == "opencv" else ours
     with torch.inference_mode():
         fn()  # warm-up: allocator pools, lazy imports
@@ -153,9 +156,10 @@ def main() -> int:
     repeats = 2 if args.quick else args.repeats
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), OpenCV {cv2.__version__} "
-          f"({cv2.getNumThreads()} threads), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"({cv2.getNumThreads()} threads), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
           f"{len(PHOTOS)} photographs with masks")
-    header = f"{'mode':7s} {'size':>5s} {'batch':>5s} | {'OpenCV img/s':>12s} | {'kernel img/s':>12s} | {'speed-up':>8s}"
+    header = (f"{'mode':7s} {'size':>5s} {'batch':>5s} | {'OpenCV core':>11s} | {'OpenCV node':>11s} | "
+              f"{'kernel img/s':>12s} | {'vs core':>7s} | {'vs node':>7s}")
     if not args.quick:
         header += f" | {'peak MiB OpenCV':>15s} | {'peak MiB kernel':>15s}"
     for device in devices:
@@ -164,13 +168,14 @@ def main() -> int:
             for size in sizes:
                 for batch in (1, 16):
                     imgs, masks, image, mask = make_data(size, batch)
-                    ocv, ours = runners(hf, working, imgs, masks, image, mask, device)
+                    ocv, ocv_node, ours = runners(hf, working, imgs, masks, image, mask, device)
                     with torch.inference_mode():
                         t_ocv = best_time(ocv, repeats)
+                        t_node = best_time(ocv_node, repeats)
                         t_ours = best_time(ours, repeats)
                     mode = "native" if working is None else "256"
-                    line = (f"{mode:7s} {size:5d} {batch:5d} | {batch / t_ocv:12.1f} | {batch / t_ours:12.1f} | "
-                            f"{t_ocv / t_ours:7.2f}x")
+                    line = (f"{mode:7s} {size:5d} {batch:5d} | {batch / t_ocv:11.1f} | {batch / t_node:11.1f} | "
+                            f"{batch / t_ours:12.1f} | {t_ocv / t_ours:6.2f}x | {t_node / t_ours:6.2f}x")
                     if not args.quick and device == "cpu":
                         line += (f" | {peak_mib('opencv', size, batch, working, args.threads):15.1f} | "
                                  f"{peak_mib('kernel', size, batch, working, args.threads):15.1f}")

@@ -259,7 +259,8 @@ def high_freq_levels(
             drop = (e < threshold).logical_or_(~keep[:, r0:r1])
             e.masked_fill_(drop, 0).div_(255)
             o = out[n0:n1, r0:r1]
-            torch.mul(p[:, r0 + 1 : r1 + 1, 1:-1], e.unsqueeze(-1), out=o)
+            # Cast first: a mixed int16 x float32 broadcast multiply takes torch's slow generic path.
+            o.copy_(p[:, r0 + 1 : r1 + 1, 1:-1]).mul_(e.unsqueeze(-1))
             if quantize:
                 o.floor_()  # numpy's astype(uint8) truncates; the product is never negative
             if out_scale != 1.0:
