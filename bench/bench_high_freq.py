@@ -18,7 +18,6 @@ defaults, as in ComfyUI; on a heavily oversubscribed CPU, OMP_WAIT_POLICY=PASSIV
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -41,10 +40,9 @@ PHOTOS = ("cat_rgba.png", "astronaut_rgba.png", "rocket_rgba.png")
 
 
 def load_pack():
-    spec = importlib.util.spec_from_file_location("parallax", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["parallax"] = module
-    spec.loader.exec_module(module)
+    import comfy_env  # tests/: the pack as ``parallax`` (no ComfyUI needed)
+
+    comfy_env.register_pack()
     from parallax.kernels.high_freq import high_freq_map
 
     return high_freq_map

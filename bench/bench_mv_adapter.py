@@ -26,7 +26,6 @@ GPU part (real SDXL size, fp16, 768^2): not run here - no GPU in this environmen
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -48,17 +47,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-
-def register_pack() -> None:
-    if "parallax" in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location("parallax", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["parallax"] = module
-    spec.loader.exec_module(module)
-
-
-register_pack()
+comfy_env.register_pack()
 
 import comfy.ldm.modules.attention  # noqa: E402
 import comfy.model_management  # noqa: E402

@@ -18,12 +18,8 @@ import comfy_env  # noqa: E402
 
 comfy_env.activate()
 
-import importlib.util  # noqa: E402
 
-spec = importlib.util.spec_from_file_location("parallax", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["parallax"] = pack
-spec.loader.exec_module(pack)
+comfy_env.register_pack()
 
 import torch  # noqa: E402
 from diffusers import T2IAdapter  # noqa: E402

@@ -19,7 +19,6 @@ the OS (glibc mmap threshold), so the peak RSS follows the live tensors.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import statistics
@@ -48,15 +47,7 @@ import torch  # noqa: E402
 
 from parallax_testing import tiny_models  # noqa: E402
 
-
-def load_pack():
-    spec = importlib.util.spec_from_file_location("parallax", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["parallax"] = module
-    spec.loader.exec_module(module)
-
-
-load_pack()
+comfy_env.register_pack()
 from parallax.kernels import saliency_fusion as snf  # noqa: E402
 from parallax.nodes.saliency_fusion import SaliencyNoiseFusion  # noqa: E402
 

@@ -1,11 +1,13 @@
-"""Make the provisioned ComfyUI 0.3.75 tree importable in-process, on the CPU.
+"""Import helpers for tests and benchmarks: the pack as ``parallax``, and the ComfyUI host on the CPU.
 
-``args.cpu`` must be set before any other comfy module is imported. The kernels tier never calls
-this: it runs without ComfyUI.
+``register_pack`` needs no ComfyUI. ``activate`` makes the provisioned ComfyUI 0.3.75 tree
+importable in-process; ``args.cpu`` must be set before any other comfy module is imported. The
+kernels tier never calls ``activate``: it runs without ComfyUI.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -23,3 +25,13 @@ def activate() -> Path:
 
     args.cpu = True
     return COMFY
+
+
+def register_pack() -> None:
+    """Import the checkout as package ``parallax`` whatever its folder is called."""
+    if "parallax" in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location("parallax", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["parallax"] = module
+    spec.loader.exec_module(module)

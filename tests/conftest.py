@@ -6,7 +6,6 @@ Tiers live in folders: tests/kernels (pure torch), tests/host (ComfyUI in-proces
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,17 +20,9 @@ for path in (ROOT / "devtools", ROOT / "devtools" / "custom_nodes", ROOT / "test
         sys.path.insert(0, str(path))
 
 
-def _register_pack() -> None:
-    """Import the checkout as package ``parallax`` whatever its folder is called."""
-    if "parallax" in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location("parallax", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["parallax"] = module
-    spec.loader.exec_module(module)
+from comfy_env import register_pack  # noqa: E402 - tests/ is on sys.path from here on
 
-
-_register_pack()
+register_pack()
 
 
 def tier_of(nodeid: str) -> str | None:
