@@ -126,3 +126,4 @@ def test_node_ids_and_categories_follow_the_pack_conventions(object_info, curren
         assert all(len(s) > 1 and s[1].get("tooltip") for s in specs), f"{name}: every input needs a tooltip"
         assert all(info.get("output_tooltips", [])) and len(info.get("output_tooltips", [])) == len(info["output"]), (
             f"{name}: every output needs a tooltip")
+        assert (SNAPSHOT.parents[2] / "web" / "docs" / f"{name}.md").is_file(), f"{name}: add web/docs/{name}.md"
