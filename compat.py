@@ -103,9 +103,11 @@ def unet_config(model: ModelPatcher) -> dict:
 
 
 def compute_dtype(model: ModelPatcher) -> torch.dtype:
-    """The dtype the model computes in (its manual-cast dtype when weights are stored narrower)."""
+    """The dtype the model computes in: its manual-cast dtype when weights are stored narrower, and
+    float16 for storage-only dtypes (fp8) that auxiliary modules cannot compute in."""
     base = model.model
-    return getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float16
 
 
 def module_patcher(module: torch.nn.Module) -> ModelPatcher:

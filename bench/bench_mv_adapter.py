@@ -224,6 +224,16 @@ def build_unet(channels: int, head_dim: int):
                                offload_device=comfy.model_management.unet_offload_device())
 
 
+def sample_with(model, positive, negative, noise, fn) -> None:
+    """One CFG sampling run (cfg 5, sigma 6 -> 0) whose sampler is ``fn``: the stock path up to the model."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(5.0)
+    with torch.no_grad():
+        guider.sample(noise, torch.zeros_like(noise), comfy.samplers.KSAMPLER(fn), torch.tensor([6.0, 0.0]), seed=0,
+                      disable_pbar=True)
+
+
 def run_steps(model, positive, negative, noise, steps, track=False):
     """steps + 1 model evaluations in one sampling run; per-call (wall, process CPU) seconds, tracker stats."""
     times, info = [], {}
@@ -248,12 +258,7 @@ def run_steps(model, positive, negative, noise, steps, track=False):
                 info["cache_bytes"] = sum(t.untyped_storage().nbytes() for kv in run.kv.values() for t in kv)
         return den
 
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(5.0)
-    with torch.no_grad():
-        guider.sample(noise, torch.zeros_like(noise), comfy.samplers.KSAMPLER(fn), torch.tensor([6.0, 0.0]), seed=0,
-                      disable_pbar=True)
+    sample_with(model, positive, negative, noise, fn)
     return times, info
 
 
@@ -266,12 +271,7 @@ def count_flops(model, positive, negative, noise):
         with counter:
             return model_k(x, sigmas[0] * s_in, **extra_args)
 
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(5.0)
-    with torch.no_grad():
-        guider.sample(noise, torch.zeros_like(noise), comfy.samplers.KSAMPLER(fn), torch.tensor([6.0, 0.0]), seed=0,
-                      disable_pbar=True)
+    sample_with(model, positive, negative, noise, fn)
     return counter.get_total_flops()
 
 

@@ -81,3 +81,18 @@ def prepare_host(workflow: Mapping[str, Any], base: Path, tiny: bool) -> None:
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 synth.synthesize(entry["synth"], dest, arch=entry.get("arch", info.get("tiny_arch", "sdxl")))
+
+
+def run_tiny(server, example: str | Path, edit=None):
+    """Run a shipped example on the tiny models through a started ``HostServer``.
+
+    ``example`` is a name in ``example_workflows/`` or a path; ``edit(prompt)`` may change the API
+    prompt before it is queued. Returns (prompt, outputs).
+    """
+    path = Path(example) if isinstance(example, Path) else EXAMPLES / f"{example}.json"
+    workflow = load(path)
+    prepare_host(workflow, server.base, tiny=True)
+    prompt = to_prompt(workflow, server.object_info, tiny=True)
+    if edit is not None:
+        prompt = edit(prompt)
+    return prompt, server.run(prompt, workflow)

@@ -27,7 +27,7 @@ from ..kernels.anydoor_collage import (
     reference_high_freq,
 )
 from ..kernels.high_freq import resize_linear_float, to_levels
-from .errors import NodeInputError
+from .errors import NodeInputError, check_choice
 from .high_freq_map import as_mask_batch, check_rgb
 
 AnyDoorHint = io.Custom("PX_ANYDOOR_HINT")
@@ -141,9 +141,7 @@ class AnyDoorCollage(io.ComfyNode):
     @classmethod
     def execute(cls, scene, scene_mask, object, object_mask, ratio_mode="fixed", crop_ratio=2.0,
                 reference_ratio=1.2, shape_control=False, seed=0) -> io.NodeOutput:
-        if ratio_mode not in RATIO_MODES:
-            raise NodeInputError(COLLAGE, "ratio_mode", f"one of {RATIO_MODES}", repr(ratio_mode),
-                                 "pick a value from the list")
+        check_choice(COLLAGE, "ratio_mode", ratio_mode, RATIO_MODES)
         check_rgb(COLLAGE, "scene", scene)
         check_rgb(COLLAGE, "object", object)
         scene_mask = as_mask_batch(COLLAGE, "scene_mask", scene_mask, scene.shape[0])
@@ -205,8 +203,7 @@ class PasteBack(io.ComfyNode):
 
     @classmethod
     def execute(cls, scene, generated, crop, margin=3, mode="target_box", match_official=False) -> io.NodeOutput:
-        if mode not in PASTE_MODES:
-            raise NodeInputError(PASTE, "mode", f"one of {PASTE_MODES}", repr(mode), "pick a value from the list")
+        check_choice(PASTE, "mode", mode, PASTE_MODES)
         if not isinstance(crop, (tuple, list)) or not crop or not all(isinstance(c, CropInfo) for c in crop):
             raise NodeInputError(PASTE, "crop", "the crop output of AnyDoorCollage", type(crop).__name__,
                                  "connect AnyDoorCollage's 'crop' output")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..kernels.high_freq import WORKING_SIZE, high_freq_map
-from .errors import NodeInputError
+from .errors import NodeInputError, check_choice
 
 NODE = "HighFreqMap"
 WORKING_SIZES = ("native", str(WORKING_SIZE))
@@ -81,9 +81,7 @@ class HighFreqMap(io.ComfyNode):
     @classmethod
     def execute(cls, image, mask, working_size="native", erosion_size=5, erosion_iterations=2,
                 threshold=50.0, quantize=True) -> io.NodeOutput:
-        if working_size not in WORKING_SIZES:
-            raise NodeInputError(NODE, "working_size", f"one of {WORKING_SIZES}", repr(working_size),
-                                 "pick a value from the list")
+        check_choice(NODE, "working_size", working_size, WORKING_SIZES)
         check_rgb(NODE, "image", image)
         mask = as_mask_batch(NODE, "mask", mask, image.shape[0])
         size = None if working_size == "native" else int(working_size)

@@ -40,7 +40,7 @@ from ..kernels.mv_adapter_layout import (
 )
 from ..kernels.mv_attention import Branch, MVBatchError, chunk_batch, decoupled_attn1_output, token_grid
 from ..kernels.snr_shift import MODES, shift_sigmas
-from .errors import NodeInputError
+from .errors import NodeInputError, check_choice
 
 log = logging.getLogger("parallax")
 
@@ -138,9 +138,7 @@ class MVAdapterLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name: str, attention: str = "auto") -> io.NodeOutput:
-        if attention not in ATTENTION_CHOICES:
-            raise NodeInputError("MVAdapterLoader", "attention", f"one of {ATTENTION_CHOICES}", repr(attention),
-                                 "pick a value from the list")
+        check_choice("MVAdapterLoader", "attention", attention, ATTENTION_CHOICES)
         try:
             path = compat.model_path(FOLDER, adapter_name)
         except FileNotFoundError:
@@ -204,14 +202,8 @@ def branch_weights(adapter: MVAdapterFile, dtype: torch.dtype) -> compat.ModelPa
     per_dtype = _RUNTIME.setdefault(adapter, {})
     if dtype not in per_dtype:
         module = MVBranchWeights(adapter, dtype)
-        per_dtype[dtype] = compat.ModelPatcher(module, load_device=compat.torch_device(),
-                                               offload_device=compat.offload_device())
+        per_dtype[dtype] = compat.module_patcher(module)
     return per_dtype[dtype]
-
-
-def compute_dtype(model) -> torch.dtype:
-    dtype = getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
-    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float16
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,7 +554,7 @@ class MVAdapterPatch(io.ComfyNode):
             log.warning("MVAdapterPatch: %s has a reference branch but no reference_latent is connected; every "
                         "view gets the no-reference output (as in training with the image dropped)", adapter.name)
         m = model.clone()
-        weights = branch_weights(adapter, compute_dtype(model))
+        weights = branch_weights(adapter, compat.compute_dtype(model))
         plan = MVPlan(adapter, weights, num_views, mv_scale, ref_scale, reference)
         m.model_options.setdefault("transformer_options", {})[PLAN_KEY] = plan
         m.set_model_attn1_patch(MVCapturePatch(plan))
@@ -604,8 +596,7 @@ class ShiftSNR(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, shift_scale: float = 8.0, mode: str = "interpolated") -> io.NodeOutput:
-        if mode not in MODES:
-            raise NodeInputError("ShiftSNR", "mode", f"one of {MODES}", repr(mode), "pick a value from the list")
+        check_choice("ShiftSNR", "mode", mode, MODES)
         if not shift_scale > 0:
             raise NodeInputError("ShiftSNR", "shift_scale", "a scale > 0", str(shift_scale), "use 8 (the official)")
         sampling = compat.discrete_model_sampling(model)

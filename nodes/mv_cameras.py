@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ..kernels.mv_cameras import PROJECTIONS, build_camera_set, parse_angle_list, preview_strip
 from ..kernels.mv_reference_prep import prepare_reference
-from .errors import NodeInputError
+from .errors import NodeInputError, check_choice
 
 log = logging.getLogger("parallax")
 
@@ -71,11 +71,8 @@ class CameraRaymap(io.ComfyNode):
     def execute(cls, rig="mvadapter", azimuths="0, 45, 90, 180, 270, 315", elevations="0",
                 projection="orthographic", fov=40.0, distance=1.8, width=768, height=768) -> io.NodeOutput:
         node = "CameraRaymap"
-        if rig not in RIGS:
-            raise NodeInputError(node, "rig", f"one of {RIGS}", repr(rig), "pick a value from the list")
-        if projection not in PROJECTIONS:
-            raise NodeInputError(node, "projection", f"one of {PROJECTIONS}", repr(projection),
-                                 "pick a value from the list")
+        check_choice(node, "rig", rig, RIGS)
+        check_choice(node, "projection", projection, PROJECTIONS)
         az_list, el_list = [], []
         if rig == "custom":
             try:
@@ -140,8 +137,7 @@ class MVReferenceImage(io.ComfyNode):
     def execute(cls, image, canvas_size=768, mask=None, mask_type="background", scale=0.9,
                 background=0.5) -> io.NodeOutput:
         node = "MVReferenceImage"
-        if mask_type not in MASK_TYPES:
-            raise NodeInputError(node, "mask_type", f"one of {MASK_TYPES}", repr(mask_type), "pick a value from the list")
+        check_choice(node, "mask_type", mask_type, MASK_TYPES)
         if image.ndim != 4 or image.shape[-1] not in (3, 4):
             raise NodeInputError(node, "image", "an RGB or RGBA image batch", f"shape {tuple(image.shape)}",
                                  "connect an IMAGE output")

@@ -27,7 +27,7 @@ from comfy_api.latest import io
 
 from .. import compat
 from ..kernels import saliency_fusion as snf
-from .errors import NodeInputError
+from .errors import NodeInputError, check_choice
 
 log = logging.getLogger("parallax")
 
@@ -350,9 +350,7 @@ class SaliencyNoiseFusion(io.ComfyNode):
     def execute(cls, scene_model, scene_positive, scene_negative, subject_model, subject_positive, subject_negative,
                 cfg=5.0, fusion_start=0.3, fusion_end=0.6, smoothing="box4_bilinear", scene_temperature=1.0,
                 subject_temperature=1.0) -> io.NodeOutput:
-        if smoothing not in snf.SMOOTHING:
-            raise NodeInputError(NODE, "smoothing", f"one of {snf.SMOOTHING}", repr(smoothing),
-                                 "pick a value from the list")
+        check_choice(NODE, "smoothing", smoothing, snf.SMOOTHING)
         if not cfg >= 1.0:
             raise NodeInputError(NODE, "cfg", "a guidance scale >= 1", repr(cfg),
                                  "the fusion compares guidance responses: use cfg > 1 (official: 5)")
@@ -409,8 +407,7 @@ class SaliencyFusionMasks(io.ComfyNode):
 
     @classmethod
     def execute(cls, fusion_masks, samples, steps="fusion", upscale=8) -> io.NodeOutput:
-        if steps not in MASK_STEPS:
-            raise NodeInputError(MASKS_NODE, "steps", f"one of {MASK_STEPS}", repr(steps), "pick a value from the list")
+        check_choice(MASKS_NODE, "steps", steps, MASK_STEPS)
         if not isinstance(fusion_masks, FusionMasks) or not fusion_masks.entries:
             raise NodeInputError(MASKS_NODE, "fusion_masks", "masks recorded by a sampling run", "none",
                                  "connect 'samples' to the output of the SamplerCustomAdvanced that uses this "

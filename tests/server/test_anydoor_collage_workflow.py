@@ -30,10 +30,7 @@ def levels(name: str) -> torch.Tensor:
 
 
 def test_anydoor_collage_example_returns_preview_hf_map_and_paste(host_server):
-    workflow = examples.load(examples.EXAMPLES / "anydoor_collage.json")
-    examples.prepare_host(workflow, host_server.base, tiny=True)
-    prompt = examples.to_prompt(workflow, host_server.object_info, tiny=True)
-    result = host_server.run(prompt, workflow)
+    prompt, result = examples.run_tiny(host_server, "anydoor_collage")
     by_prefix = {}
     for node_id, image in result.images:
         prefix = prompt[node_id]["inputs"]["filename_prefix"]

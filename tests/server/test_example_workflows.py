@@ -18,10 +18,7 @@ OUTPUT_NODES = {"SaveImage", "PreviewImage"}
 
 @pytest.mark.parametrize("path", examples.example_paths(), ids=lambda p: p.stem)
 def test_example_runs_on_tiny_models(host_server, path):
-    workflow = examples.load(path)
-    examples.prepare_host(workflow, host_server.base, tiny=True)
-    prompt = examples.to_prompt(workflow, host_server.object_info, tiny=True)
-    result = host_server.run(prompt, workflow)
+    prompt, result = examples.run_tiny(host_server, path)
     producing = {node for node, _ in result.images}
     expected = {nid for nid, node in prompt.items() if node["class_type"] in OUTPUT_NODES}
     assert expected <= producing, f"output nodes without images: {expected - producing}"
@@ -29,9 +26,7 @@ def test_example_runs_on_tiny_models(host_server, path):
 
 def test_high_freq_example_equals_the_kernel_end_to_end(host_server):
     """LoadImage -> InvertMask -> HighFreqMap -> SaveImage on the server == the kernel on the file."""
-    workflow = examples.load(examples.EXAMPLES / "high_freq_map.json")
-    examples.prepare_host(workflow, host_server.base, tiny=True)
-    result = host_server.run(examples.to_prompt(workflow, host_server.object_info, tiny=True), workflow)
+    _, result = examples.run_tiny(host_server, "high_freq_map")
     served = np.asarray(Image.open(io.BytesIO(host_server.view(result.images[0][1]))).convert("RGB"))
     rgba = np.asarray(Image.open(examples.DATA / "cat_rgba.png").convert("RGBA"))
     image = torch.from_numpy(rgba[..., :3].copy()).float().div(255)[None]

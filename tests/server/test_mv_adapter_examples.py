@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 
 import numpy as np
@@ -13,12 +12,7 @@ import examples
 
 
 def run_example(host_server, name: str, edit=None):
-    workflow = examples.load(examples.EXAMPLES / f"{name}.json")
-    examples.prepare_host(workflow, host_server.base, tiny=True)
-    prompt = examples.to_prompt(workflow, host_server.object_info, tiny=True)
-    if edit:
-        prompt = edit(copy.deepcopy(prompt))
-    result = host_server.run(prompt, workflow)
+    prompt, result = examples.run_tiny(host_server, name, edit)
     saved = [img for node_id, img in result.images if prompt[node_id]["class_type"] == "SaveImage"]
     return prompt, [np.asarray(Image.open(io.BytesIO(host_server.view(img))).convert("RGB")) for img in saved]
 

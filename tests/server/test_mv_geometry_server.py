@@ -25,10 +25,7 @@ def to_8bit(image: torch.Tensor) -> np.ndarray:
 
 
 def test_cameras_and_reference_example_equals_the_kernels(host_server):
-    workflow = examples.load(examples.EXAMPLES / "mv_cameras_reference.json")
-    examples.prepare_host(workflow, host_server.base, tiny=True)
-    prompt = examples.to_prompt(workflow, host_server.object_info, tiny=True)
-    result = host_server.run(prompt, workflow)
+    _, result = examples.run_tiny(host_server, "mv_cameras_reference")
 
     rig = build_camera_set(height=768, width=768)
     assert np.array_equal(saved(host_server, result, "2"), to_8bit(preview_strip(rig.maps, rig.labels)))

@@ -22,12 +22,12 @@ def node_of(prompt: dict, class_type: str) -> str:
 
 def test_example_returns_the_image_and_the_mask_preview(host_server):
     """The shipped graph (test_example_workflows runs it as is); here at a smaller, non-square size."""
-    workflow = examples.load(EXAMPLE)
-    examples.prepare_host(workflow, host_server.base, tiny=True)
-    prompt = examples.to_prompt(workflow, host_server.object_info, tiny=True)
-    prompt[node_of(prompt, "EmptyLatentImage")]["inputs"].update(width=256, height=192)
-    prompt[node_of(prompt, "BasicScheduler")]["inputs"]["steps"] = 10
-    result = host_server.run(prompt, workflow)
+    def smaller(prompt):
+        prompt[node_of(prompt, "EmptyLatentImage")]["inputs"].update(width=256, height=192)
+        prompt[node_of(prompt, "BasicScheduler")]["inputs"]["steps"] = 10
+        return prompt
+
+    prompt, result = examples.run_tiny(host_server, EXAMPLE, smaller)
     by_node: dict[str, list] = {}
     for node, image in result.images:
         by_node.setdefault(node, []).append(Image.open(io.BytesIO(host_server.view(image))))
