@@ -2,23 +2,28 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# test-host / test-server: HOST=test (ComfyUI 0.3.75), current (the provisioned current host) or both.
+# Some shells export HOST as the machine's name: only a value given to make selects a host.
+ifneq ($(origin HOST),command line)
+HOST := test
+endif
 
 .PHONY: setup test test-kernels test-host test-server test-contract demo run examples snapshot lint bench clean
 
-setup:  ## venv + torch/torchvision pair + ComfyUI 0.3.75 test host (idempotent)
+setup:  ## venv + torch/torchvision pair + ComfyUI 0.3.75 test host, + the current host if its tarball is there (idempotent)
 	@bash devtools/setup.sh
 
-test: setup  ## all four tiers: kernels, host, server, contract
-	$(PY) -m pytest tests/kernels tests/host tests/server tests/contract $(PYTEST_ARGS)
+test: setup  ## all four tiers on 0.3.75, then host + server again on the current host (if provisioned)
+	$(PY) devtools/run_tests.py -- $(PYTEST_ARGS)
 
 test-kernels: setup
 	$(PY) -m pytest tests/kernels $(PYTEST_ARGS)
 
-test-host: setup
-	$(PY) -m pytest tests/host $(PYTEST_ARGS)
+test-host: setup  ## HOST=current|both to run it on the current host
+	$(PY) devtools/run_tests.py --host $(HOST) --tiers host -- $(PYTEST_ARGS)
 
-test-server: setup
-	$(PY) -m pytest tests/server $(PYTEST_ARGS)
+test-server: setup  ## HOST=current|both to run it on the current host
+	$(PY) devtools/run_tests.py --host $(HOST) --tiers server -- $(PYTEST_ARGS)
 
 test-contract: setup
 	$(PY) -m pytest tests/contract $(PYTEST_ARGS)

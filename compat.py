@@ -63,15 +63,17 @@ def model_files(folder: str, extensions: set[str] = SAFETENSORS_EXTENSIONS) -> l
     return [f for f in folder_paths.get_filename_list(folder) if os.path.splitext(f)[1].lower() in extensions]
 
 
-def model_path(folder: str, filename: str) -> str:
-    return folder_paths.get_full_path_or_raise(folder, filename)
+def find_model_file(folder: str, filename: str) -> str | None:
+    """Full path of ``filename`` in the ``folder`` model folders, or None."""
+    return folder_paths.get_full_path(folder, filename)
 
 
-def load_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Load weights without unpickling: safetensors only (metadata included)."""
-    if os.path.splitext(path)[1].lower() not in SAFETENSORS_EXTENSIONS:
-        raise ValueError(f"{os.path.basename(path)}: only .safetensors files are loaded (pickles can run code)")
-    return comfy_utils.load_torch_file(path, safe_load=True, return_metadata=True)
+def model_folder_paths(folder: str) -> list[str]:
+    """The directories searched for ``folder`` (models/<folder> plus extra_model_paths entries)."""
+    try:
+        return list(folder_paths.get_folder_paths(folder))
+    except KeyError:
+        return []
 
 
 def torch_device():
@@ -94,7 +96,7 @@ def disable_cfg1_optimization(model: ModelPatcher) -> None:
         model.model_options["disable_cfg1_optimization"] = True
 
 
-# --- MV-Adapter geometry guider (nodes/mv_geometry.py) ---------------------------------------------
+# --- models and their dtypes --------------------------------------------------------------------------
 
 def unet_config(model: ModelPatcher) -> dict:
     """The UNet structure of ``model`` (num_res_blocks, channel_mult, transformer_depth, ...), or {}."""
@@ -102,25 +104,34 @@ def unet_config(model: ModelPatcher) -> dict:
     return dict(config) if isinstance(config, dict) else {}
 
 
-def compute_dtype(model: ModelPatcher) -> torch.dtype:
-    """The dtype the model computes in: its manual-cast dtype when weights are stored narrower, and
-    float16 for storage-only dtypes (fp8) that auxiliary modules cannot compute in."""
+def weight_dtypes(model: ModelPatcher) -> tuple[torch.dtype, torch.dtype]:
+    """(storage, compute) dtypes of a diffusion model's weights.
+
+    Storage is what the weights are kept in (fp8 when the user loaded the model so); compute is what
+    they are cast to for the matmuls (the host's manual-cast dtype, else the storage dtype).
+    """
     base = model.model
-    dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
-    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float16
+    storage = base.get_dtype()
+    return storage, getattr(base, "manual_cast_dtype", None) or storage
+
+
+def cast_at_call_time(module: torch.nn.Module) -> torch.nn.Module:
+    """Make a module's plain Linear / Conv2d layers the host's manual-cast layers (same parameters, same
+    maths), in place. A partial load (low VRAM) may leave some layers on the offload device; these cast
+    their weights to the input's device and dtype per call instead of failing on mixed devices."""
+    import comfy.ops
+
+    for layer in module.modules():
+        if type(layer) is torch.nn.Conv2d:
+            layer.__class__ = comfy.ops.manual_cast.Conv2d
+        elif type(layer) is torch.nn.Linear:
+            layer.__class__ = comfy.ops.manual_cast.Linear
+    return module
 
 
 def module_patcher(module: torch.nn.Module) -> ModelPatcher:
     """Hold an auxiliary module in a ModelPatcher so the host loads, offloads and counts it."""
     return ModelPatcher(module, load_device=torch_device(), offload_device=offload_device())
-
-
-def prepend_transformer_patch(model: ModelPatcher, name: str, patch) -> None:
-    """Like ``set_model_patch`` but first in the (stacking) list, e.g. before FreeU's output scaling."""
-    to = model.model_options["transformer_options"]
-    patches = dict(to.get("patches", {}))
-    patches[name] = [patch] + list(patches.get(name, []))
-    to["patches"] = patches
 
 
 # --- two-model guiders (SaliencyNoiseFusion) -----------------------------------------------------
@@ -145,15 +156,16 @@ def latent_space(patcher: ModelPatcher) -> tuple[str, int]:
     return type(fmt).__name__, int(getattr(fmt, "latent_channels", 4))
 
 
-def same_module_state(a: ModelPatcher, b: ModelPatcher) -> bool:
+def same_module_state(a: ModelPatcher, b: ModelPatcher, ignore_weight_patches: bool = False) -> bool:
     """True when two patchers of one diffusion module put it in the same state when loaded.
 
     Weight patches (LoRAs), object patches, weight wrappers, injections and weight hooks change the
     module itself; model_options patches (attention patches, wrappers) do not. False when unsure.
+    ``ignore_weight_patches`` compares everything but the weight patches.
     """
     if a.model is not b.model:
         return False
-    if (a.patches or b.patches) and a.patches_uuid != b.patches_uuid:
+    if not ignore_weight_patches and (a.patches or b.patches) and a.patches_uuid != b.patches_uuid:
         return False
     if a.object_patches.keys() != b.object_patches.keys():
         return False
@@ -166,6 +178,77 @@ def same_module_state(a: ModelPatcher, b: ModelPatcher) -> bool:
     if a.injections.keys() != b.injections.keys() or a.hook_patches.keys() != b.hook_patches.keys():
         return False
     return a.forced_hooks == b.forced_hooks
+
+
+class WeightSwap:
+    """Two patchers of one module that differ only in weight patches (a checkpoint with and without a
+    LoRA): the second one's patched weights are computed once per run by the host's own
+    ``patch_weight_to_device`` and then swapped in and out by reference, instead of the host
+    unpatching and re-patching every differing weight at each switch.
+
+    Only for fully loaded, non-dynamic patchers with room for the extra weights on the device; where
+    ``prepare`` says no, the caller lets the host reload (exact, slower). The module holds the main
+    patcher's weights again after every ``use(False)`` and after ``release``.
+    """
+
+    def __init__(self, main: ModelPatcher, other: ModelPatcher):
+        self.main, self.other = main, other
+        keys = set(main.patches) | set(other.patches)
+        self.keys = sorted(k for k in keys if main.patches.get(k) != other.patches.get(k))
+        self.main_params: dict[str, torch.nn.Parameter] = {}
+        self.other_params: dict[str, torch.nn.Parameter] = {}
+
+    @staticmethod
+    def applies(main: ModelPatcher, other: ModelPatcher) -> bool:
+        """True when the two patchers of one module differ in weight patches and nothing else that
+        changes the module (object patches, weight wrappers, injections, weight hooks)."""
+        if main.model is not other.model or not (main.patches or other.patches):
+            return False
+        if getattr(main, "is_dynamic", lambda: False)() or getattr(other, "is_dynamic", lambda: False)():
+            return False
+        return same_module_state(main, other, ignore_weight_patches=True)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.other_params) or not self.keys
+
+    def prepare(self) -> bool:
+        """After the host loaded ``main``: build ``other``'s weights for the differing keys (once)."""
+        if self.ready:
+            return True
+        module = self.main.model
+        if getattr(module, "model_lowvram", False):
+            return False
+        owners = [comfy_utils.get_attr(module, k.rsplit(".", 1)[0]) if "." in k else module for k in self.keys]
+        if any(getattr(m, "weight_function", None) or getattr(m, "bias_function", None) for m in owners):
+            return False
+        current = {k: comfy_utils.get_attr(module, k) for k in self.keys}
+        device = self.main.load_device
+        need = sum(t.numel() * t.element_size() for t in current.values())
+        if torch.device(device).type != "cpu" and \
+                model_management.get_free_memory(device) < need + model_management.minimum_inference_memory():
+            return False
+        for key, weight in current.items():
+            backup = self.main.backup.get(key)
+            original = backup.weight.to(weight.device) if backup is not None else weight
+            comfy_utils.set_attr_param(module, key, original)
+            self.other.patch_weight_to_device(key, device_to=weight.device)
+            self.other.backup.pop(key, None)
+            self.other_params[key] = comfy_utils.get_attr(module, key)
+            comfy_utils.set_attr(module, key, weight)
+            self.main_params[key] = weight
+        return True
+
+    def use(self, other: bool) -> None:
+        """Point the module's differing weights at ``other``'s (True) or ``main``'s (False)."""
+        params = self.other_params if other else self.main_params
+        for key, param in params.items():
+            comfy_utils.set_attr(self.main.model, key, param)
+
+    def release(self) -> None:
+        if self.main_params:
+            self.use(False)
+        self.main_params, self.other_params = {}, {}
 
 
 def set_current_patcher(patcher: ModelPatcher) -> None:
@@ -219,7 +302,7 @@ def run_wrapped(wrapper_type: str, options: dict, class_obj, fn, *args, **kwargs
     wrappers = patcher_extension.get_all_wrappers(wrapper_type, options, is_model_options=True)
     return patcher_extension.WrapperExecutor.new_class_executor(fn, class_obj, wrappers).execute(*args, **kwargs)
 
-# --- MV-Adapter (issue 3, core half) --------------------------------------------------------------
+# --- UNet structure ---------------------------------------------------------------------------------
 
 def manual_cast_ops():
     """Layer classes that cast their weights to the input's device and dtype at call time."""
@@ -244,6 +327,17 @@ def attn1_layers(model: ModelPatcher) -> dict[tuple[str, int, int], dict[str, in
                     for k, tb in enumerate(layer.transformer_blocks):
                         found[(kind, i, k)] = {"width": int(tb.attn1.to_q.in_features), "heads": int(tb.attn1.heads)}
     return found
+
+
+def unet_family(model: ModelPatcher) -> str | None:
+    """"sdxl", "sd2" or "sd1" from the host's own model detection (the model config class), else None."""
+    import comfy.supported_models as sm
+
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    for family, cls in (("sdxl", sm.SDXL), ("sd2", sm.SD20), ("sd1", sm.SD15)):
+        if isinstance(config, cls):
+            return family
+    return None
 
 
 def discrete_model_sampling(model: ModelPatcher):

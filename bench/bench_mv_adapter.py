@@ -19,7 +19,7 @@ the spec-derived branch FLOPs per attn1 layer are 4 projections (8 B N C^2) plus
 every storage an op allocates until it is freed): the step's transient peak and, for (c)/(d), the
 attention path = reference cache held across steps + the largest transient inside one branch call.
 
-Targets (issue 3): (b)/(a) time within 1.1x of the FLOP ratio; (c) attention-path peak <= 0.6x (d).
+Targets: (b)/(a) time within 1.1x of the FLOP ratio; (c) attention-path peak <= 0.6x (d).
 GPU part (real SDXL size, fp16, 768^2): not run here - no GPU in this environment.
 """
 
@@ -56,7 +56,8 @@ import comfy.utils  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from parallax import compat  # noqa: E402
-from parallax.nodes.mv_adapter import PLAN_KEY, MVAdapterPatch, load_adapter  # noqa: E402
+from parallax.nodes.mv_adapter import PLAN_KEY, MVAdapterPatch  # noqa: E402
+from parallax.nodes.mv_adapter_loader import load_adapter  # noqa: E402
 
 from parallax_testing import tiny_models  # noqa: E402
 from parallax_testing.synth_mv_adapter import write_adapter  # noqa: E402
@@ -255,7 +256,8 @@ def run_steps(model, positive, negative, noise, steps, track=False):
             times.append((time.perf_counter() - start, time.process_time() - start_cpu))
             run = extra_args["model_options"]["transformer_options"].get(PLAN_KEY)
             if run is not None and hasattr(run, "kv"):
-                info["cache_bytes"] = sum(t.untyped_storage().nbytes() for kv in run.kv.values() for t in kv)
+                info["cache_bytes"] = sum(t.untyped_storage().nbytes() for per_layer in run.kv.values()
+                                          for kv in per_layer.values() for t in kv)
         return den
 
     sample_with(model, positive, negative, noise, fn)

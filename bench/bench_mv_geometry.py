@@ -7,6 +7,7 @@ Run: .venv/bin/python bench/bench_mv_geometry.py   (a script, not a test; prints
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,10 +24,12 @@ comfy_env.register_pack()
 
 import torch  # noqa: E402
 from diffusers import T2IAdapter  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
+from parallax.core.weights import SafetensorsFile  # noqa: E402
 from parallax.kernels.mv_adapter_layout import MVAdapterFile  # noqa: E402
 from parallax.kernels.mv_cameras import build_camera_set  # noqa: E402
-from parallax.nodes.mv_geometry import GeometryGuider, GuiderSpec  # noqa: E402
+from parallax.nodes.mv_geometry import GeometryGuider, GuiderRun, GuiderSpec  # noqa: E402
 
 from parallax_testing import tiny_models  # noqa: E402
 
@@ -50,13 +53,16 @@ def main() -> None:
     model = tiny_models.build_model("sdxl", 0)
     encoder = T2IAdapter(in_channels=6, channels=[32, 64, 128, 128], num_res_blocks=2, downscale_factor=16,
                          adapter_type="full_adapter_xl")
+    path = Path(tempfile.mkdtemp(prefix="parallax-bench-")) / "guider.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
+    source = SafetensorsFile(str(path))
     adapter = MVAdapterFile(name="bench", base="sdxl", attention="row", has_ref=False, layers={},
-                            guider=encoder.state_dict())
+                            guider=dict(source.tensors), source=source)
     guided = GeometryGuider.execute(model=model, adapter=adapter, cameras=build_camera_set())[0]
     options = dict(guided.model_options["transformer_options"])
     for key, value in list(options.items()):
         if isinstance(value, GuiderSpec):
-            options[key] = value.new_run()
+            options[key] = GuiderRun(value)
     options["cond_or_uncond"] = [1, 0]
     batch = 2 * VIEWS
     x = torch.randn(batch, 4, LATENT, LATENT)

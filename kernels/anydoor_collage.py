@@ -172,7 +172,7 @@ def draw_ratios(count: int, seed: int | None, reference_ratio: float = 1.2, crop
 
 
 def prepare_reference(image: torch.Tensor, mask: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference pre-processing (spec 3): ``image`` levels [3, H, W], binary ``mask`` [H, W]
+    """Reference pre-processing: ``image`` levels [3, H, W], binary ``mask`` [H, W]
     -> the 224x224 masked reference (white background) and its 224x224 mask, both as levels."""
     height, width = mask.shape
     m = mask.to(torch.float32)
@@ -196,7 +196,7 @@ def reference_high_freq(reference: torch.Tensor, reference_mask: torch.Tensor) -
 
 
 def target_boxes(scene_mask: torch.Tensor, ratios: Ratios) -> tuple[Box, Box]:
-    """Spec 4.2 steps 1-2: the expanded target box and the square crop box, in scene coordinates."""
+    """The expanded target box and the square crop box, in scene coordinates."""
     shape = tuple(scene_mask.shape[-2:])
     target = _nonempty(expand_bbox(mask_bbox(scene_mask), shape, ratios.target), shape)
     crop = box_to_square(expand_bbox(target, shape, ratios.crop), shape)
@@ -210,7 +210,7 @@ def make_collage(
     ratios: Ratios,
     shape_control: bool = False,
 ) -> dict:
-    """The collage hint (spec 4.2) for one scene.
+    """The collage hint for one scene.
 
     ``scene`` levels [3, H, W], binary ``scene_mask`` [H, W], ``hf_map`` levels [3, h, w] (the 224 HF
     map). Returns ``hint`` [4, 512, 512] (RGB in [-1, 1], mask channel in {-1, 0, 1}), ``collage``
@@ -264,7 +264,7 @@ def paste_back(
     match_official: bool = False,
     white: float = 255.0,
 ) -> torch.Tensor:
-    """``crop_back`` (spec 4.3): put a generated crop back into the scene.
+    """``crop_back``: put a generated crop back into the scene.
 
     ``scene`` and ``generated`` are [3, H, W] / [3, h, w] floats on a scale where ``white`` is white
     (255 for levels, 1 for ComfyUI images); pixels outside the pasted area are copied unchanged. The crop is

@@ -8,12 +8,12 @@ Pure data: no ComfyUI import.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-# ComfyUI address of one transformer block: ("input" | "middle" | "output", block id, block_index).
-LayerAddress = tuple[str, int, int]
+from .patch_layout import LayerAddress
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,9 +25,12 @@ class MVAdapterFile:
     - ``has_ref``: the file carries the ``*_ref`` image cross-attention branch (i2mv, ig2mv).
     - ``layers``: per attn1 layer, the branch tensors under their diffusers leaf names, e.g.
       ``"to_q_mv.weight"``, ``"to_out_mv.0.weight"``, ``"to_out_mv.0.bias"``, ``"to_k_ref.weight"``.
+      Values are whatever was parsed: tensors, or header entries (shape and dtype) when the loader
+      reads the file lazily; ``prefixes`` gives each layer's diffusers key prefix in the file.
     - ``guider``: the condition encoder as a diffusers ``T2IAdapter`` state dict; the file's
       ``adapter.*`` keys are exactly that (e.g. ``"adapter.conv_in.weight"``). ``guider_type`` is its
       diffusers ``adapter_type`` ("full_adapter_xl" | "full_adapter"), ``guider_in_channels`` 6.
+    - ``source``: where the tensors are read from when modules are built (the loader's file object).
     """
 
     name: str
@@ -38,6 +41,12 @@ class MVAdapterFile:
     guider: dict[str, torch.Tensor] = field(repr=False)
     guider_type: str = "full_adapter_xl"
     guider_in_channels: int = 6
+    prefixes: dict[LayerAddress, str] = field(default_factory=dict, repr=False)
+    source: object = field(default=None, repr=False)
+
+    def branch_key(self, address: LayerAddress, leaf: str) -> str:
+        """The file key of one branch tensor, e.g. ``...transformer_blocks.0.attn1.processor.to_q_mv.weight``."""
+        return f"{self.prefixes[address]}.attn1.processor.{leaf}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,6 +54,8 @@ class MVAdapterFile:
 # ---------------------------------------------------------------------------------------------
 
 BASES = ("sdxl", "sd21")
+# Most views one sample may have: the patch's num_views and the camera rigs share it.
+MAX_VIEWS = 64
 ATTENTIONS = ("row", "rowcol")
 GUIDER_TYPES = {"sdxl": "full_adapter_xl", "sd21": "full_adapter"}
 # PixelUnshuffle factor of each diffusers adapter_type: conv_in sees in_channels * factor**2 channels.
@@ -155,11 +166,13 @@ def _structure_text(base: str) -> str:
     return f"{BASE_LABELS[base]}'s {n} attn1 layers: " + ", ".join(parts)
 
 
-def parse_adapter(name: str, state_dict: dict[str, torch.Tensor], attention: str = "row") -> MVAdapterFile:
+def parse_adapter(name: str, state_dict: Mapping[str, torch.Tensor], attention: str = "row",
+                  source: object = None) -> MVAdapterFile:
     """Detect the layout of an MV-Adapter state dict from its key signatures and shapes (never its name).
 
     ``attention`` ("row" | "rowcol") cannot be read from the keys (the row and row-column models have
-    the same tensors): the caller decides it (user choice, metadata or a sidecar hint).
+    the same tensors): the caller decides it (user choice, metadata, a sidecar hint or the file name).
+    Values may be tensors or anything with ``shape``/``ndim``/``is_floating_point()`` (a header entry).
     Raises ``LayoutError`` naming the file, what was found and what was expected.
     """
     if attention not in ATTENTIONS:
@@ -217,6 +230,7 @@ def parse_adapter(name: str, state_dict: dict[str, torch.Tensor], attention: str
     first = next(iter(layer_prefixes(base)))
     model_channels = int(branch[first]["to_q_mv.weight"].shape[0]) // mults[first]
     layers: dict[LayerAddress, dict[str, torch.Tensor]] = {}
+    prefixes: dict[LayerAddress, str] = {}
     for prefix, mult in mults.items():
         width = model_channels * mult
         for leaf in wanted:
@@ -231,13 +245,15 @@ def parse_adapter(name: str, state_dict: dict[str, torch.Tensor], attention: str
                 raise LayoutError(name, f"{prefix}.attn1.processor.{leaf} of dtype {tensor.dtype}",
                                   "floating-point weights", "the file is damaged")
         layers[diffusers_to_comfy(prefix)] = {leaf: branch[prefix][leaf] for leaf in wanted}
+        prefixes[diffusers_to_comfy(prefix)] = prefix
 
     guider_type = GUIDER_TYPES[base]
     guider_in = 6
     if guider:
         guider_in = _check_guider(name, base, guider, model_channels)
     return MVAdapterFile(name=name, base=base, attention=attention, has_ref=has_ref, layers=layers,
-                         guider=dict(guider), guider_type=guider_type, guider_in_channels=guider_in)
+                         guider=dict(guider), guider_type=guider_type, guider_in_channels=guider_in,
+                         prefixes=prefixes, source=source)
 
 
 def _check_guider(name: str, base: str, guider: dict[str, torch.Tensor], model_channels: int) -> int:
@@ -295,12 +311,20 @@ def describe(adapter: MVAdapterFile, attention_source: str = "") -> str:
             f"(widths {widths}), {attention}, {guider}")
 
 
-def attention_hint(metadata: dict[str, str] | None, sidecar: dict | None) -> tuple[str | None, str]:
-    """The attention type a file declares: safetensors metadata first, then a sidecar JSON.
+# Published file names (huanngzh/mv-adapter) -> attention; the geometry models first ("t2mv" is not
+# part of "tg2mv", nor "i2mv" of "ig2mv", but the order keeps the rule obvious).
+PUBLISHED_NAMES = (("tg2mv", "rowcol"), ("ig2mv", "rowcol"), ("t2mv", "row"), ("i2mv", "row"))
+
+
+def attention_hint(metadata: dict[str, str] | None, sidecar: dict | None,
+                   filename: str | None = None) -> tuple[str | None, str]:
+    """The attention type a file declares: safetensors metadata, then a sidecar JSON, then its name.
 
     Recognised: metadata keys ``mvadapter.attention`` / ``mv_attention`` / ``attention`` and sidecar
-    key ``attention`` with a value in ATTENTIONS (``row_column``/``rowcol``/``row-col`` accepted).
-    Returns (value or None, where it came from).
+    key ``attention`` with a value in ATTENTIONS (``row_column``/``rowcol``/``row-col`` accepted); as a
+    last resort the published file names (``mvadapter_tg2mv_sdxl``, ``..._ig2mv_partial_...``: rowcol;
+    ``t2mv``/``i2mv``: row), since no published file carries metadata. Returns (value or None, where
+    it came from).
     """
     def norm(value) -> str | None:
         v = str(value).strip().lower().replace("-", "").replace("_", "")
@@ -311,6 +335,11 @@ def attention_hint(metadata: dict[str, str] | None, sidecar: dict | None) -> tup
             return norm(metadata[key]), f"from the file's metadata '{key}'"
     if sidecar and "attention" in sidecar and norm(sidecar["attention"]):
         return norm(sidecar["attention"]), "from the sidecar hint"
+    if filename:
+        stem = filename.rsplit("/", 1)[-1].lower()
+        for token, attention in PUBLISHED_NAMES:
+            if token in stem:
+                return attention, f"from the published file name ('{token}' in {filename!r})"
     return None, ""
 
 

@@ -24,12 +24,13 @@ node; SDPA by default here).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .patch_layout import BatchLayoutError
 
 AttentionFn = Callable[..., torch.Tensor]
 ROWCOL_VIEWS = 6
@@ -38,8 +39,8 @@ ROW_VIEWS = (0, 1, 2, 3)
 COL_VIEWS = (0, 2, 4, 5)  # view 0 (front) is flipped left-right before and after
 
 
-class MVBatchError(ValueError):
-    """The batch cannot be split into groups of views (or the token grid is unknown)."""
+class MVBatchError(BatchLayoutError):
+    """The batch cannot be split into groups of views."""
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, attn_precision=None) -> torch.Tensor:
@@ -51,22 +52,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, nq, c)
 
 
-def token_grid(num_tokens: int, activations_shape: Sequence[int] | None = None) -> tuple[int, int]:
-    """(rows, columns) of the row-major token grid: from [B, C, h, w] when known, else a square."""
-    if activations_shape is not None and len(activations_shape) == 4:
-        h, w = int(activations_shape[-2]), int(activations_shape[-1])
-        if h * w == num_tokens:
-            return h, w
-        raise MVBatchError(f"{num_tokens} tokens do not form the {h}x{w} grid of activations_shape {list(activations_shape)}")
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise MVBatchError(f"{num_tokens} tokens are not a square grid and no activations_shape was given")
-    return side, side
-
-
-def chunk_batch(batch: int, cond_or_uncond: Sequence[int], num_views: int) -> int:
+def check_view_groups(batch: int, chunks: int, num_views: int) -> int:
     """Items per CFG chunk; each chunk must hold whole groups of ``num_views`` views."""
-    chunks = max(1, len(cond_or_uncond))
     if batch % chunks:
         raise MVBatchError(f"batch {batch} does not split into {chunks} CFG chunks")
     per_chunk = batch // chunks
@@ -182,20 +169,17 @@ def mv_branch(n: torch.Tensor, branch: Branch, heads: int, num_views: int, grid:
     return branch.out(h)
 
 
-def ref_branch(n: torch.Tensor, branch: Branch, kv: tuple[torch.Tensor, torch.Tensor] | None, heads: int,
-               cond_or_uncond: Sequence[int], attention: AttentionFn = sdpa_attention,
-               attn_precision=None) -> torch.Tensor:
-    """to_out_ref(Attn(to_q_ref n, K_ref, V_ref)) per CFG chunk.
+def ref_branch(n: torch.Tensor, branch: Branch, kvs: Sequence[tuple[torch.Tensor, torch.Tensor] | None], heads: int,
+               attention: AttentionFn = sdpa_attention, attn_precision=None) -> torch.Tensor:
+    """to_out_ref(Attn(to_q_ref n, K_ref, V_ref)) per CFG chunk; ``kvs`` has one entry per chunk.
 
-    Chunks marked 1 (uncond) - and every chunk when there is no reference (``kv`` None) - get the
+    A chunk without reference features (``None``: the uncond chunk, or no reference at all) gets the
     zero-reference result, which is exactly the out-projection bias: no projection, no attention.
     """
-    chunks = max(1, len(cond_or_uncond))
-    per_chunk = n.shape[0] // chunks
+    per_chunk = n.shape[0] // max(1, len(kvs))
     pieces = []
-    for c in range(chunks):
-        kind = cond_or_uncond[c] if cond_or_uncond else 0
-        if kind == 1 or kv is None:
+    for c, kv in enumerate(kvs):
+        if kv is None:
             pieces.append(branch.bias.to(device=n.device, dtype=n.dtype).expand(per_chunk, n.shape[1], n.shape[2]))
         else:
             q = branch.q(n[c * per_chunk:(c + 1) * per_chunk])
@@ -205,15 +189,18 @@ def ref_branch(n: torch.Tensor, branch: Branch, kv: tuple[torch.Tensor, torch.Te
 
 
 def decoupled_attn1_output(out: torch.Tensor, n: torch.Tensor, *, heads: int, grid: tuple[int, int], num_views: int,
-                           cond_or_uncond: Sequence[int], kind: str = "row", mv: Branch | None = None,
-                           mv_scale: float = 1.0, ref: Branch | None = None,
-                           ref_kv: tuple[torch.Tensor, torch.Tensor] | None = None, ref_scale: float = 1.0,
-                           attention: AttentionFn = sdpa_attention, attn_precision=None) -> torch.Tensor:
-    """attn1's output plus the enabled branches (upstream order: base + mv * s_mv, then + ref * s_ref)."""
-    chunk_batch(n.shape[0], cond_or_uncond, num_views)
+                           kind: str = "row", mv: Branch | None = None, mv_scale: float = 1.0, ref: Branch | None = None,
+                           ref_kv: Sequence[tuple[torch.Tensor, torch.Tensor] | None] = (None,),
+                           ref_scale: float = 1.0, attention: AttentionFn = sdpa_attention,
+                           attn_precision=None) -> torch.Tensor:
+    """attn1's output plus the enabled branches (upstream order: base + mv * s_mv, then + ref * s_ref).
+
+    ``ref_kv`` holds one entry per CFG chunk of the batch (None where the chunk sees no reference).
+    """
+    check_view_groups(n.shape[0], len(ref_kv), num_views)
     total = out
     if mv is not None and mv_scale != 0:
         total = total + mv_branch(n, mv, heads, num_views, grid, kind, attention, attn_precision) * mv_scale
     if ref is not None and ref_scale != 0:
-        total = total + ref_branch(n, ref, ref_kv, heads, cond_or_uncond, attention, attn_precision) * ref_scale
+        total = total + ref_branch(n, ref, ref_kv, heads, attention, attn_precision) * ref_scale
     return total

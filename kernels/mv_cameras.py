@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .mv_adapter_layout import MAX_VIEWS
+
 PROJECTIONS = ("orthographic", "perspective")
 AZIMUTH_OFFSET = -90.0  # user azimuth -> upstream's internal azimuth
 DEFAULT_AZIMUTHS = (0.0, 45.0, 90.0, 180.0, 270.0, 315.0)
@@ -36,7 +38,6 @@ ORTHO_HALF_EXTENT = 0.55  # frustum +-0.55 (carried for renderers; the control m
 GEOMETRY_AZIMUTHS = (0.0, 90.0, 180.0, 270.0, 180.0, 180.0)
 GEOMETRY_ELEVATIONS = (0.0, 0.0, 0.0, 0.0, 89.99, -89.99)
 GEOMETRY_LABELS = ("front", "right", "back", "left", "top", "bottom")
-MAX_VIEWS = 256  # a safety cap: perspective maps cost views x 6 x H x W floats
 
 _AZIMUTH_NAMES = {0: "front", 45: "front-right", 90: "right", 135: "back-right", 180: "back", 225: "back-left",
                   270: "left", 315: "front-left"}
@@ -111,7 +112,7 @@ def broadcast_angles(azimuths: Sequence[float], elevations: Sequence[float]) -> 
         raise ValueError(f"{len(azimuths)} azimuths but {len(elevations)} elevations; give one elevation for all "
                          "views or exactly one per azimuth")
     if len(azimuths) > MAX_VIEWS:
-        raise ValueError(f"{len(azimuths)} views is more than the {MAX_VIEWS} this node builds")
+        raise ValueError(f"{len(azimuths)} views is more than the {MAX_VIEWS} a multi-view batch can hold")
     for e in elevations:
         if not -90.0 < e < 90.0:
             raise ValueError(f"elevation {e:g} is outside (-90, 90): at the poles the camera's right vector is "

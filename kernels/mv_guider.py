@@ -120,18 +120,6 @@ def injection_blocks(num_res_blocks: Sequence[int], transformer_depth: Sequence[
     return points
 
 
-def step_index(sigma: torch.Tensor, sample_sigmas: torch.Tensor) -> int:
-    """Index of the sampling step containing ``sigma``: i with sample_sigmas[i] >= sigma > sample_sigmas[i+1]
-    (exact schedule sigmas map to their own index; intermediate sigmas of multi-call samplers to the step)."""
-    s = sample_sigmas.flatten()[1:].to(torch.float64).cpu()
-    return int((s >= float(sigma.flatten()[0])).sum())
-
-
-def is_active(step: int, steps: int, fraction: float) -> bool:
-    """Upstream ``i < int(num_inference_steps * control_conditioning_factor)``."""
-    return step < int(steps * fraction)
-
-
 def geometry_control(position: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
     """[V, 6, H, W] from colour-encoded position and normal IMAGE batches [V, H, W, 3] in [0, 1]
     (position + 0.5 and normal / 2 + 0.5, background gray 0.5, as MV-Adapter renders them)."""

@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 
 SMOOTHING = ("box4_bilinear", "none")
-# Relative tolerance for matching a sigma to the schedule (evaluations sit exactly on it, up to dtype).
-SIGMA_RTOL = 1e-5
 
 
 # --- stages -------------------------------------------------------------------------------------
@@ -51,21 +49,6 @@ def stage_of(step: int, bounds: tuple[int, int]) -> int:
     if step <= start_merge_step:
         return 1
     return 2 if step <= final_step else 3
-
-
-def step_index(sample_sigmas: torch.Tensor, sigma: torch.Tensor | float) -> int:
-    """The sampling step an evaluation at ``sigma`` belongs to, from the run's sigma schedule.
-
-    Step ``i`` covers sigmas in ``(sigmas[i+1], sigmas[i]]``: ``i`` = how many of ``sigmas[1:]`` are
-    >= sigma. An evaluation on the grid gets that grid point's step (as in the spec's formula); the
-    midpoint evaluations of dpm_2 / dpmpp_2s belong to the step they compute; Heun's corrector at
-    ``sigmas[i+1]`` counts as step i+1 (it sits on that grid point). A batch of sigmas uses its
-    largest one. Clamped to ``[0, len(sample_sigmas) - 2]``.
-    """
-    s = torch.as_tensor(sigma, dtype=torch.float64).max().item()
-    grid = sample_sigmas.detach().to("cpu", torch.float64).flatten()
-    i = int((grid[1:] >= s * (1.0 - SIGMA_RTOL)).sum())
-    return max(0, min(i, grid.numel() - 2))
 
 
 # --- saliency ------------------------------------------------------------------------------------

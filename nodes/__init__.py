@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import anydoor_collage, high_freq_map, mv_adapter, mv_cameras, mv_geometry, saliency_fusion
+from . import (
+    anydoor_collage,
+    high_freq_map,
+    mv_adapter,
+    mv_adapter_loader,
+    mv_cameras,
+    mv_geometry,
+    saliency_fusion,
+    shift_snr,
+)
 
-CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter, mv_cameras, mv_geometry, saliency_fusion)
+CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter_loader, mv_adapter, shift_snr, mv_cameras, mv_geometry,
+                saliency_fusion)
 
 
 class ParallaxExtension(ComfyExtension):

@@ -27,16 +27,29 @@ from ..kernels.anydoor_collage import (
     reference_high_freq,
 )
 from ..kernels.high_freq import resize_linear_float, to_levels
-from .errors import NodeInputError, check_choice
+from .errors import NodeInputError
 from .high_freq_map import as_mask_batch, check_rgb
+from .validation import checked_inputs, display_name, register_custom_type
 
 AnyDoorHint = io.Custom("PX_ANYDOOR_HINT")
 AnyDoorCrop = io.Custom("PX_ANYDOOR_CROP")
 
 RATIO_MODES = ("fixed", "random")
 PASTE_MODES = ("target_box", "crop_region")
-COLLAGE = "AnyDoorCollage"
-PASTE = "PasteBack"
+
+
+def _is_hint(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim == 4 and value.shape[1] == 4
+
+
+def _is_crops(value: object) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(c, CropInfo) for c in value)
+
+
+register_custom_type(AnyDoorHint, _is_hint, expected="an AnyDoor hint [batch, 4, 512, 512] from AnyDoorCollage",
+                     fix="connect AnyDoorCollage's 'hint' output")
+register_custom_type(AnyDoorCrop, _is_crops, expected="the crop output of AnyDoorCollage",
+                     fix="connect AnyDoorCollage's 'crop' output")
 
 
 def _batch_size(node: str, named: dict[str, int]) -> int:
@@ -139,25 +152,26 @@ class AnyDoorCollage(io.ComfyNode):
         )
 
     @classmethod
+    @checked_inputs
     def execute(cls, scene, scene_mask, object, object_mask, ratio_mode="fixed", crop_ratio=2.0,
                 reference_ratio=1.2, shape_control=False, seed=0) -> io.NodeOutput:
-        check_choice(COLLAGE, "ratio_mode", ratio_mode, RATIO_MODES)
-        check_rgb(COLLAGE, "scene", scene)
-        check_rgb(COLLAGE, "object", object)
-        scene_mask = as_mask_batch(COLLAGE, "scene_mask", scene_mask, scene.shape[0])
-        object_mask = as_mask_batch(COLLAGE, "object_mask", object_mask, object.shape[0])
-        count = _batch_size(COLLAGE, {"scene": scene.shape[0], "scene_mask": scene_mask.shape[0],
-                                      "object": object.shape[0], "object_mask": object_mask.shape[0]})
+        node = display_name(cls)
+        check_rgb(node, "scene", scene)
+        check_rgb(node, "object", object)
+        scene_mask = as_mask_batch(node, "scene_mask", scene_mask, scene.shape[0])
+        object_mask = as_mask_batch(node, "object_mask", object_mask, object.shape[0])
+        count = _batch_size(node, {"scene": scene.shape[0], "scene_mask": scene_mask.shape[0],
+                                   "object": object.shape[0], "object_mask": object_mask.shape[0]})
         ratios = draw_ratios(count, int(seed) if ratio_mode == "random" else None, float(reference_ratio),
                              float(crop_ratio))
         results, references, hf_maps = [], [], []
         for i in range(count):
             obj = to_levels(_item(object, i)).permute(2, 0, 1)
-            obj_mask = _binary_mask(COLLAGE, "object_mask", _item(object_mask, i).to(obj.device), obj.shape[-2:])
+            obj_mask = _binary_mask(node, "object_mask", _item(object_mask, i).to(obj.device), obj.shape[-2:])
             ref224, mask224 = prepare_reference(obj, obj_mask, ratios[i].reference)
             hf = reference_high_freq(ref224, mask224)
             sc = to_levels(_item(scene, i)).permute(2, 0, 1)
-            sc_mask = _binary_mask(COLLAGE, "scene_mask", _item(scene_mask, i).to(sc.device), sc.shape[-2:])
+            sc_mask = _binary_mask(node, "scene_mask", _item(scene_mask, i).to(sc.device), sc.shape[-2:])
             results.append(make_collage(sc, sc_mask, hf, ratios[i], bool(shape_control)))
             references.append(ref224)
             hf_maps.append(hf)
@@ -202,20 +216,18 @@ class PasteBack(io.ComfyNode):
         )
 
     @classmethod
+    @checked_inputs
     def execute(cls, scene, generated, crop, margin=3, mode="target_box", match_official=False) -> io.NodeOutput:
-        check_choice(PASTE, "mode", mode, PASTE_MODES)
-        if not isinstance(crop, (tuple, list)) or not crop or not all(isinstance(c, CropInfo) for c in crop):
-            raise NodeInputError(PASTE, "crop", "the crop output of AnyDoorCollage", type(crop).__name__,
-                                 "connect AnyDoorCollage's 'crop' output")
-        check_rgb(PASTE, "scene", scene)
-        check_rgb(PASTE, "generated", generated)
-        count = _batch_size(PASTE, {"scene": scene.shape[0], "generated": generated.shape[0], "crop": len(crop)})
+        node = display_name(cls)
+        check_rgb(node, "scene", scene)
+        check_rgb(node, "generated", generated)
+        count = _batch_size(node, {"scene": scene.shape[0], "generated": generated.shape[0], "crop": len(crop)})
         out = []
         for i in range(count):
             info = crop[i if len(crop) > 1 else 0]
             sc = _item(scene, i)
             if tuple(sc.shape[:2]) != tuple(info.scene_size):
-                raise NodeInputError(PASTE, "scene", f"the scene of the collage ({info.scene_size[0]}x"
+                raise NodeInputError(node, "scene", f"the scene of the collage ({info.scene_size[0]}x"
                                      f"{info.scene_size[1]})", f"an image of {sc.shape[0]}x{sc.shape[1]}",
                                      "connect the same scene image that went into AnyDoorCollage")
             pasted = paste_back(sc.permute(2, 0, 1), _item(generated, i).to(sc.device).permute(2, 0, 1), info,

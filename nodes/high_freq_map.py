@@ -6,19 +6,16 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..kernels.high_freq import WORKING_SIZE, high_freq_map
-from .errors import NodeInputError, check_choice
+from .errors import NodeInputError
+from .validation import checked_inputs, display_name
 
-NODE = "HighFreqMap"
 WORKING_SIZES = ("native", str(WORKING_SIZE))
 
 
 def as_mask_batch(node: str, name: str, mask, batch: int):
-    """A ComfyUI MASK as [B, H, W] (a single [H, W] mask is accepted) whose batch is 1 or ``batch``."""
+    """A checked MASK as [B, H, W] (a single [H, W] mask is accepted) whose batch is 1 or ``batch``."""
     if mask.ndim == 2:
         mask = mask[None]
-    if mask.ndim != 3:
-        raise NodeInputError(node, name, "a MASK [B, H, W]", f"a tensor of shape {tuple(mask.shape)}",
-                             "connect a MASK output (e.g. LoadImage's MASK or a mask node)")
     if mask.shape[0] not in (1, batch):
         raise NodeInputError(node, name, f"a batch of 1 or {batch} masks", f"{mask.shape[0]} masks",
                              "pass one mask for all images, or one mask per image")
@@ -79,11 +76,12 @@ class HighFreqMap(io.ComfyNode):
         )
 
     @classmethod
+    @checked_inputs
     def execute(cls, image, mask, working_size="native", erosion_size=5, erosion_iterations=2,
                 threshold=50.0, quantize=True) -> io.NodeOutput:
-        check_choice(NODE, "working_size", working_size, WORKING_SIZES)
-        check_rgb(NODE, "image", image)
-        mask = as_mask_batch(NODE, "mask", mask, image.shape[0])
+        node = display_name(cls)
+        check_rgb(node, "image", image)
+        mask = as_mask_batch(node, "mask", mask, image.shape[0])
         size = None if working_size == "native" else int(working_size)
         out = high_freq_map(image, mask.to(image.device), working_size=size, erosion_size=int(erosion_size),
                             erosion_iterations=int(erosion_iterations), threshold=float(threshold),

@@ -8,15 +8,19 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..kernels.mv_cameras import PROJECTIONS, build_camera_set, parse_angle_list, preview_strip
+from ..kernels.mv_cameras import PROJECTIONS, CameraSet, build_camera_set, parse_angle_list, preview_strip
 from ..kernels.mv_reference_prep import prepare_reference
-from .errors import NodeInputError, check_choice
+from .errors import NodeInputError
+from .validation import checked_inputs, display_name, register_custom_type
 
 log = logging.getLogger("parallax")
 
 PX_CAMERAS = io.Custom("PX_CAMERAS")
 RIGS = ("mvadapter", "geometry", "custom")
 MASK_TYPES = ("background", "object")
+
+register_custom_type(PX_CAMERAS, CameraSet, expected="a camera rig from Camera Raymap",
+                     fix="connect Camera Raymap's cameras output")
 
 
 class CameraRaymap(io.ComfyNode):
@@ -68,11 +72,10 @@ class CameraRaymap(io.ComfyNode):
         )
 
     @classmethod
+    @checked_inputs
     def execute(cls, rig="mvadapter", azimuths="0, 45, 90, 180, 270, 315", elevations="0",
                 projection="orthographic", fov=40.0, distance=1.8, width=768, height=768) -> io.NodeOutput:
-        node = "CameraRaymap"
-        check_choice(node, "rig", rig, RIGS)
-        check_choice(node, "projection", projection, PROJECTIONS)
+        node = display_name(cls)
         az_list, el_list = [], []
         if rig == "custom":
             try:
@@ -134,19 +137,19 @@ class MVReferenceImage(io.ComfyNode):
         )
 
     @classmethod
+    @checked_inputs
     def execute(cls, image, canvas_size=768, mask=None, mask_type="background", scale=0.9,
                 background=0.5) -> io.NodeOutput:
-        node = "MVReferenceImage"
-        check_choice(node, "mask_type", mask_type, MASK_TYPES)
-        if image.ndim != 4 or image.shape[-1] not in (3, 4):
-            raise NodeInputError(node, "image", "an RGB or RGBA image batch", f"shape {tuple(image.shape)}",
-                                 "connect an IMAGE output")
+        node = display_name(cls)
+        if image.shape[-1] not in (3, 4):
+            raise NodeInputError(node, "image", "an RGB or RGBA image batch", f"{image.shape[-1]} channels",
+                                 "convert the image to RGB or RGBA")
         rgb = image[..., :3]
         batch, height, width = rgb.shape[:3]
         if mask is not None:
             if mask.ndim == 2:
                 mask = mask[None]
-            if mask.ndim != 3 or mask.shape[0] not in (1, batch):
+            if mask.shape[0] not in (1, batch):
                 raise NodeInputError(node, "mask", f"one mask or {batch} masks", f"shape {tuple(mask.shape)}",
                                      "pass one mask, or one per image")
             if tuple(mask.shape[-2:]) != (height, width):
@@ -156,7 +159,7 @@ class MVReferenceImage(io.ComfyNode):
         elif image.shape[-1] == 4:
             alpha = image[..., 3]
         else:
-            log.info("MVReferenceImage: no alpha and no mask; the whole image is treated as the object")
+            log.info("%s: no alpha and no mask; the whole image is treated as the object", node)
             alpha = torch.ones(batch, height, width, dtype=rgb.dtype)
         try:
             out, out_mask = prepare_reference(rgb, alpha.to(rgb), canvas=canvas_size, scale=scale,

@@ -10,11 +10,14 @@ the subject model alone. The maths lives in ``kernels/saliency_fusion.py``; this
   cloned model_options (its patches and wrappers, including its OUTER_SAMPLE wrappers), its
   ``pre_run``/``cleanup``, and its loading together with the scene model (additional models).
 - Two patchers of one module (the same checkpoint with and without a LoRA) cannot both hold their
-  weights at once: the guider then lets the host's loader patch the active one in before each of
-  its calls (one swap per fusion step; nothing to swap when only model_options patches differ).
-- Masks exist only once the sampler runs, after this node has returned. So the node returns a
-  ``FusionMasks`` holder that the guider refills on every run, and ``SaliencyFusionMasks`` - wired
-  to the sampler's output latent, which makes ComfyUI run it after sampling - turns it into images.
+  weights at once. When they differ only in weight patches, the subject's patched weights are
+  computed once per run by the host's own patching and swapped in by reference (no weight math or
+  copies per step); otherwise (partial loads, object patches) the host's loader re-patches the
+  active one before its calls. Nothing is switched when only model_options patches differ.
+- Masks exist only once the sampler runs, after this node has returned. Each run's masks are kept
+  with the latent it returned (``FusionMasks``), and ``SaliencyFusionMasks`` - wired to the
+  sampler's output latent, which makes ComfyUI run it after sampling - finds its run by that latent
+  and turns the masks into images; one guider may feed several samplers.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import torch
 from comfy_api.latest import io
 
 from .. import compat
+from ..core.shared import SharedObject
 from ..kernels import saliency_fusion as snf
-from .errors import NodeInputError, check_choice
+from ..kernels.steps import step_index
+from .errors import NodeInputError
+from .validation import checked_inputs, register_custom_type
 
 log = logging.getLogger("parallax")
 
@@ -38,25 +44,19 @@ MASK_STEPS = ("fusion", "all")
 FusionMasksSocket = io.Custom("PX_SNF_MASKS")
 
 
-class FusionMasks:
-    """Which model painted which latent pixel, per model evaluation of the latest sampling run.
+class FusionRecord:
+    """Which model painted which latent pixel at each model evaluation of one sampling run.
 
     ``entries`` holds ``(step, stage, mask)``: a bool mask ``[B, 1, *spatial]`` (True = subject) in
-    stage 2, ``None`` in stage 1 (all scene) and stage 3 (all subject). The guider resets it at the
-    start of every run.
+    stage 2, ``None`` in stage 1 (all scene) and stage 3 (all subject).
     """
 
-    def __init__(self):
-        self.runs = 0
-        self.steps, self.bounds, self.shape, self.entries = 0, (-1, -1), None, []
-
-    def reset(self, steps: int, bounds: tuple[int, int]) -> None:
-        self.runs += 1
+    def __init__(self, steps: int, bounds: tuple[int, int]):
         self.steps, self.bounds, self.shape, self.entries = steps, bounds, None, []
 
     def record(self, step: int, stage: int, mask: torch.Tensor | None, latent_shape) -> None:
         self.shape = (latent_shape[0], *latent_shape[2:])
-        self.entries.append((step, stage, mask))
+        self.entries.append((step, stage, None if mask is None else mask.to("cpu")))
 
     def frames(self, which: str = "fusion") -> torch.Tensor:
         """``[F, B, *spatial]`` float32, 1 where the subject model's prediction was used."""
@@ -67,11 +67,42 @@ class FusionMasks:
             if mask is None:
                 out.append(torch.full(self.shape, 1.0 if stage == 3 else 0.0))
             else:
-                out.append(mask[:, 0].to("cpu", torch.float32))
+                out.append(mask[:, 0].to(torch.float32))
         return torch.stack(out) if out else torch.zeros((0, *(self.shape or (0,))))
 
-    def __deepcopy__(self, memo):
-        return self
+
+class FusionMasks(SharedObject):
+    """The fusion records of one guider's runs, each tied to the latent that run returned.
+
+    The guider is a node output that ComfyUI caches and may hand to several samplers, so a record
+    belongs to a run, never to the guider: the masks node finds its run by the latent it is given.
+    The last ``MAX_RUNS`` runs are kept.
+    """
+
+    MAX_RUNS = 8
+
+    def __init__(self):
+        self._runs: list[tuple[torch.Tensor, FusionRecord]] = []
+        self.runs = 0  # runs recorded so far
+
+    def add(self, record: FusionRecord, output: torch.Tensor) -> None:
+        self.runs += 1
+        self._runs = [*self._runs, (output.detach().to("cpu", torch.float32), record)][-self.MAX_RUNS:]
+
+    def find(self, latent: torch.Tensor) -> FusionRecord | None:
+        """The newest run whose output is ``latent`` (values compared exactly, on the CPU in float32)."""
+        latent = latent.detach().to("cpu", torch.float32)
+        for output, record in reversed(self._runs):
+            if output.shape == latent.shape and torch.equal(output, latent):
+                return record
+        return None
+
+    def latest(self) -> FusionRecord | None:
+        return self._runs[-1][1] if self._runs else None
+
+
+register_custom_type(FusionMasksSocket, FusionMasks, expected="the fusion_masks output of SaliencyNoiseFusion",
+                     fix="connect SaliencyNoiseFusion's fusion_masks output")
 
 
 @dataclass(eq=False)
@@ -85,9 +116,12 @@ class _Run:
     grid: torch.Tensor | None = None
     bounds: tuple[int, int] | None = None
     active: object = None
+    record: FusionRecord | None = None
+    weights: compat.WeightSwap | None = None  # the subject's weights swapped in by reference
+    weights_ready: bool | None = None
 
 
-class _CleanupSeen:
+class _CleanupSeen(SharedObject):
     """ON_CLEANUP callback on the subject patcher: has the host already cleaned it up this run?"""
 
     def __init__(self):
@@ -95,9 +129,6 @@ class _CleanupSeen:
 
     def __call__(self, patcher) -> None:
         self.seen = True
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 class _SubjectView:
@@ -151,9 +182,11 @@ class SaliencyFusionGuider(compat.CFGGuider):
         self.scene_temperature, self.subject_temperature = scene_temperature, subject_temperature
         self.masks = masks if masks is not None else FusionMasks()
         self.subject_original_conds: dict = {}
-        # One module behind both patchers (same checkpoint): weights are swapped only if they differ.
+        # One module behind both patchers (same checkpoint): weights are switched only if they differ,
+        # by reference when only weight patches (LoRAs) differ, else by the host's loader.
         self.shared = self.subject.model is self.model_patcher.model
         self.swap = self.shared and not compat.same_module_state(self.model_patcher, self.subject)
+        self.swap_by_reference = self.swap and compat.WeightSwap.applies(self.model_patcher, self.subject)
         self._cleaned = _CleanupSeen()
         self.subject.add_callback_with_key(compat.CallbacksMP.ON_CLEANUP, KEY, self._cleaned)
         self._run: _Run | None = None
@@ -177,11 +210,16 @@ class SaliencyFusionGuider(compat.CFGGuider):
         conds = {k: [c.copy() for c in v] for k, v in self.subject_original_conds.items()}
         options, hook_mode = compat.begin_model_run(self.subject, conds)
         run = self._run = _Run(conds, options, hook_mode)
+        if self.swap_by_reference:
+            run.weights = compat.WeightSwap(self.model_patcher, self.subject)
         try:
             self._cleaned.seen = False
             self.model_patcher.set_additional_models(KEY, self._subject_models(conds))
-            return compat.run_wrapped(compat.WrappersMP.OUTER_SAMPLE, options, _SubjectView(self, run),
-                                      self._outer_sample, *args, **kwargs)
+            output = compat.run_wrapped(compat.WrappersMP.OUTER_SAMPLE, options, _SubjectView(self, run),
+                                        self._outer_sample, *args, **kwargs)
+            if run.record is not None:
+                self.masks.add(run.record, output)
+            return output
         finally:
             self._finish(run)
 
@@ -199,7 +237,7 @@ class SaliencyFusionGuider(compat.CFGGuider):
         run, s = self._run, self.subject
         run.grid = sigmas.detach().to("cpu", torch.float64).flatten()
         run.bounds = snf.stage_bounds(max(run.grid.numel() - 1, 0), self.fusion_start, self.fusion_end)
-        self.masks.reset(max(run.grid.numel() - 1, 0), run.bounds)
+        run.record = FusionRecord(max(run.grid.numel() - 1, 0), run.bounds)
         run.active = self.model_patcher
         s.pre_run()
         run.pre_run = True
@@ -219,6 +257,8 @@ class SaliencyFusionGuider(compat.CFGGuider):
 
     def _finish(self, run: _Run) -> None:
         try:
+            if run.weights is not None:
+                run.weights.release()
             if run.pre_run and not self._cleaned.seen:
                 self.subject.cleanup()
             compat.cleanup_cond_models(run.conds)
@@ -234,12 +274,12 @@ class SaliencyFusionGuider(compat.CFGGuider):
         run = self._run
         if run is None or run.bounds is None:
             raise RuntimeError(f"{NODE}: the guider predicts only inside a sampling run (use SamplerCustomAdvanced)")
-        step = snf.step_index(run.grid, timestep)
+        step = step_index(run.grid, timestep)
         stage = snf.stage_of(step, run.bounds)
         scene = (self.model_patcher, self.conds, model_options)
         subject = (self.subject, run.conds, run.options)
         if stage != 2:
-            self.masks.record(step, stage, None, x.shape)
+            run.record.record(step, stage, None, x.shape)
             return self._predict(*(scene if stage == 1 else subject), x, timestep, seed)
         jobs = [scene, subject] if run.active is not self.subject else [subject, scene]
         results = [self._predict(*job, x, timestep, seed, keep_raw=True) for job in jobs]
@@ -249,7 +289,7 @@ class SaliencyFusionGuider(compat.CFGGuider):
         mask = snf.subject_mask(snf.eps_response(cond_t, uncond_t, timestep, self.cfg),
                                 snf.eps_response(cond_s, uncond_s, timestep, self.cfg),
                                 self.smoothing, self.scene_temperature, self.subject_temperature)
-        self.masks.record(step, 2, mask, x.shape)
+        run.record.record(step, 2, mask, x.shape)
         return snf.fuse(d_t, d_s, mask)
 
     def _predict(self, patcher, conds, options, x, timestep, seed, keep_raw: bool = False):
@@ -272,9 +312,22 @@ class SaliencyFusionGuider(compat.CFGGuider):
         return guided, recorder.conds_out[0], recorder.conds_out[1]
 
     def _activate(self, patcher) -> None:
+        """Make ``patcher``'s weights the module's before one of its predictions (one module only)."""
         if not self.shared:
             return
         run = self._run
+        if self.swap and run.weights is not None:
+            if run.weights_ready is None and patcher is self.subject:  # once per run, at the first subject call
+                run.weights_ready = run.weights.prepare()
+                if not run.weights_ready:
+                    log.info("%s: the subject's weights cannot be kept beside the scene's (partial load or no "
+                             "room); ComfyUI re-patches them at each switch", NODE)
+            if run.weights_ready or (run.weights_ready is None and run.active is patcher):
+                if run.weights_ready:
+                    run.weights.use(patcher is self.subject)
+                run.active = patcher
+                compat.set_current_patcher(patcher)
+                return
         if self.swap and run.active is not patcher:
             compat.load_models([patcher])  # the host unpatches the other clone's weights, patches these in
         run.active = patcher
@@ -347,10 +400,10 @@ class SaliencyNoiseFusion(io.ComfyNode):
         )
 
     @classmethod
+    @checked_inputs
     def execute(cls, scene_model, scene_positive, scene_negative, subject_model, subject_positive, subject_negative,
                 cfg=5.0, fusion_start=0.3, fusion_end=0.6, smoothing="box4_bilinear", scene_temperature=1.0,
                 subject_temperature=1.0) -> io.NodeOutput:
-        check_choice(NODE, "smoothing", smoothing, snf.SMOOTHING)
         if not cfg >= 1.0:
             raise NodeInputError(NODE, "cfg", "a guidance scale >= 1", repr(cfg),
                                  "the fusion compares guidance responses: use cfg > 1 (official: 5)")
@@ -406,22 +459,19 @@ class SaliencyFusionMasks(io.ComfyNode):
         )
 
     @classmethod
+    @checked_inputs
     def execute(cls, fusion_masks, samples, steps="fusion", upscale=8) -> io.NodeOutput:
-        check_choice(MASKS_NODE, "steps", steps, MASK_STEPS)
-        if not isinstance(fusion_masks, FusionMasks) or not fusion_masks.entries:
-            raise NodeInputError(MASKS_NODE, "fusion_masks", "masks recorded by a sampling run", "none",
-                                 "connect 'samples' to the output of the SamplerCustomAdvanced that uses this "
-                                 "guider, so that this node runs after it")
-        latent = samples["samples"] if isinstance(samples, dict) else samples
-        sampled = (latent.shape[0], *latent.shape[2:]) if isinstance(latent, torch.Tensor) else None
-        if sampled != fusion_masks.shape:
-            raise NodeInputError(MASKS_NODE, "samples", f"the latent the guider sampled (batch and size "
-                                 f"{fusion_masks.shape})", f"{sampled}",
-                                 "connect the output of the sampler that uses this SaliencyNoiseFusion guider")
-        frames = fusion_masks.frames(steps)
+        latent = samples["samples"]
+        record = fusion_masks.find(latent)
+        if record is None:
+            got = "a latent that no run of this guider returned" if fusion_masks.runs else "no run of the guider yet"
+            raise NodeInputError(MASKS_NODE, "samples", "the output latent of a sampler that used this "
+                                 "SaliencyNoiseFusion guider", got, "connect 'samples' to the output of the "
+                                 "SamplerCustomAdvanced that uses this guider, so that this node runs after it")
+        frames = record.frames(steps)
         if frames.shape[0] == 0:
             log.info("%s: the run had no fusion steps; showing every evaluation", MASKS_NODE)
-            frames = fusion_masks.frames("all")
+            frames = record.frames("all")
         h, w = frames.shape[-2:]
         share = frames.mean(dim=0).reshape(-1, h, w)
         frames = frames.reshape(-1, h, w)

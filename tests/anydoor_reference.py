@@ -72,7 +72,7 @@ def square_pad(a: np.ndarray, value) -> np.ndarray:
 
 
 def reference_224(ref: np.ndarray, ref_mask: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Spec 3: the 224 masked reference (uint8 RGB) and its 224 mask (uint8 0..255)."""
+    """The 224 masked reference (uint8 RGB) and its 224 mask (uint8 0..255)."""
     y1, y2, x1, x2 = bbox(ref_mask)
     m3 = np.stack([ref_mask] * 3, -1)
     masked = ref * m3 + np.ones_like(ref) * 255 * (1 - m3)
@@ -90,7 +90,7 @@ def reference_224(ref: np.ndarray, ref_mask: np.ndarray, ratio: float) -> tuple[
 
 def collage(scene: np.ndarray, scene_mask: np.ndarray, hf: np.ndarray, target_ratio: float, crop_ratio: float,
             shape_control: bool = False) -> dict:
-    """Spec 4.2: hint (512x512x4 float32), crop box, target box and extra sizes."""
+    """Hint (512x512x4 float32), crop box, target box and extra sizes."""
     target = expand(bbox(scene_mask), scene_mask.shape, target_ratio)
     crop_box = squared(expand(target, scene.shape[:2], crop_ratio), scene.shape[:2])
     y1, y2, x1, x2 = crop_box
@@ -115,7 +115,7 @@ def collage(scene: np.ndarray, scene_mask: np.ndarray, hf: np.ndarray, target_ra
 
 def crop_back(pred: np.ndarray, scene: np.ndarray, extra_sizes, crop_box, target_box, margin: int = 3,
               drop_first_row: bool = True) -> np.ndarray:
-    """Spec 4.3 (gradio): ``pred`` float32 0..255 (H, W, 3), ``scene`` uint8; target-box mode."""
+    """Paste-back (gradio): ``pred`` float32 0..255 (H, W, 3), ``scene`` uint8; target-box mode."""
     h1, w1, h2, w2 = extra_sizes
     y1, y2, x1, x2 = crop_box
     pred = np.clip(pred, 0, 255)

@@ -6,6 +6,8 @@ Tiers live in folders: tests/kernels (pure torch), tests/host (ComfyUI in-proces
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,7 +22,7 @@ for path in (ROOT / "devtools", ROOT / "devtools" / "custom_nodes", ROOT / "test
         sys.path.insert(0, str(path))
 
 
-from comfy_env import register_pack  # noqa: E402 - tests/ is on sys.path from here on
+from comfy_env import COMFY, host_version, register_pack  # noqa: E402 - tests/ is on sys.path from here on
 
 register_pack()
 
@@ -44,11 +46,32 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             tier = tier_of(getattr(report, "nodeid", ""))
             if tier and (report.when == "call" or outcome in ("skipped", "error")):
                 counts[tier][outcome] += 1
-    terminalreporter.section("Parallax test tiers")
+    version = host_version()
+    terminalreporter.section(f"Parallax test tiers (ComfyUI {version})")
     for tier in TIERS:
         c = counts[tier]
-        detail = ", ".join(f"{n} {k}" for k, n in sorted(c.items())) or "not run"
-        terminalreporter.write_line(f"{tier:9s} {detail}")
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
+        terminalreporter.write_line(f"{tier:9s} ComfyUI {version:8s} {detail}" if c else f"{tier:9s} not run")
+    # Parity tests record their measured relative error: show the worst per test function.
+    parity: dict[str, tuple[float, str]] = {}
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "parity":
+                error = float(value.rsplit(":", 1)[1])
+                test = report.nodeid.split("[")[0]
+                if test not in parity or error > parity[test][0]:
+                    parity[test] = (error, value)
+    if parity:
+        terminalreporter.section("Parallax parity (worst relative error per test, fp32)")
+        for test, (_, value) in sorted(parity.items()):
+            terminalreporter.write_line(f"{value}    ({test.rsplit('::', 1)[-1]})")
+    # devtools/run_tests.py runs one pytest per host and merges these into its combined summary.
+    report = os.environ.get("PARALLAX_TIER_REPORT")
+    if report:
+        Path(report).write_text(json.dumps({
+            "comfyui": version, "host": str(COMFY), "exitstatus": int(exitstatus),
+            "tiers": {tier: dict(counts[tier]) for tier in TIERS if counts[tier]},
+        }))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""An independent MV-Adapter reference for parity tests, assembled from the spec's formulas.
+"""An independent MV-Adapter reference for parity tests, assembled from MV-Adapter's formulas.
 
 Plain torch forward hooks on the unpatched tiny UNet's attn1 modules, the adapter tensors read
 straight from the file (mapped with the host's own ``unet_to_diffusers``), upstream's
@@ -33,6 +33,7 @@ def bind(args, kwargs, names):
 APPLY_ARGS = ("x", "t", "c_concat", "c_crossattn", "control", "transformer_options")
 
 
+@torch.no_grad()  # as in ComfyUI's executor: no autograd graph is kept alive by the returned x0
 def predict(model, positive, negative, cfg, latent, noise, sigma=6.0):
     """One x0 prediction through the stock CFGGuider; also returns every apply_model call's inputs."""
     calls = []
@@ -119,6 +120,7 @@ class Reference:
             attn1 = host_map[f"{prefix}.attn1.to_q.weight"][: -len(".to_q.weight")]
             self.layers.setdefault(attn1, {})[leaf] = tensor
 
+    @torch.no_grad()
     def capture(self, latent, context, y):
         """The reference pass: attn1 inputs (norm1 outputs) of one t = 0 pass over the raw latent."""
         states, hooks = {}, []
@@ -175,6 +177,7 @@ class Reference:
             for hk in hooks:
                 hk.remove()
 
+    @torch.no_grad()
     def predict(self, calls, cfg, hw, reference_latent=None):
         """CFG over the recorded halves: uncond + cfg (cond - uncond)."""
         halves = {}

@@ -19,7 +19,7 @@ BRIDGE = ROOT / "compat.py"
 
 def pack_files() -> list[Path]:
     files = [ROOT / "__init__.py", *ROOT.glob("*.py")]
-    for folder in ("nodes", "kernels"):
+    for folder in ("nodes", "kernels", "core"):
         files += (ROOT / folder).rglob("*.py")
     return sorted(set(files))
 

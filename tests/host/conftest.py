@@ -1,4 +1,4 @@
-"""Host tier: ComfyUI 0.3.75 imported in-process on the CPU."""
+"""Host tier: the provisioned ComfyUI host (0.3.75, or the tree PARALLAX_COMFYUI names) imported in-process on the CPU."""
 
 import comfy_env
 

@@ -64,9 +64,10 @@ def test_collage_node_equals_the_official_recipe_on_photographs():
     np.testing.assert_array_equal((reference[0].numpy() * 255).round().astype(np.uint8), ref224)
     np.testing.assert_array_equal((hf[0].numpy() * 255).round().astype(np.uint8), hf_ref)
     assert crops[0].crop_box == theirs["crop_box"] and crops[0].extra_sizes == theirs["extra_sizes"]
-    # the IMAGE + MASK pair carries the same hint in [0, 1]
+    # the IMAGE + MASK pair carries the same hint in [0, 1], to the bit
     rebuilt = 2 * torch.cat([collage, cmask[..., None]], dim=-1) - 1
-    torch.testing.assert_close(rebuilt.permute(0, 3, 1, 2), hint, rtol=0, atol=1e-6)
+    assert torch.equal(rebuilt.permute(0, 3, 1, 2), hint)
+    assert torch.equal((collage * 255).round() / 255, collage)  # exact 8-bit levels
     assert set(cmask.unique().tolist()) == {0.0, 0.5, 1.0}
     assert preview.shape == (1, 512, 1024, 3) and torch.equal(preview[:, :, :512], collage)
     assert preview.min() >= 0 and preview.max() <= 1
@@ -137,8 +138,7 @@ def test_paste_back_round_trip_and_broadcast():
     ty1, ty2, tx1, tx2 = info.target_box
     assert changed[ty1:ty2, tx1:tx2].any() and not changed[:ty1].any() and not changed[:, :tx1].any()
     official = PasteBack.execute(scene=scene, generated=collage, crop=crops, match_official=True)[0]
-    levels = official * 255
-    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert torch.equal((official * 255).round() / 255, official)  # truncated to exact 8-bit levels
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,10 @@ from safetensors.torch import load_file, save_file
 from parallax import compat
 from parallax.kernels.mv_adapter_layout import diffusers_to_comfy, expected_addresses
 from parallax.nodes.errors import NodeInputError
-from parallax.nodes.mv_adapter import FOLDER, MVAdapterLoader, MVAdapterPatch, check_fit
+from parallax.nodes.mv_adapter import MVAdapterPatch, check_fit
+from parallax.nodes.mv_adapter_loader import FOLDER, MVAdapterLoader
 
+from model_folders import model_folder
 from parallax_testing import synth, tiny_models
 from parallax_testing.synth_mv_adapter import PUBLISHED, attn1_layers
 
@@ -30,17 +32,8 @@ def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("mvadapter")
     for name, (base, _) in PUBLISHED.items():
         synth.synthesize(name, root / f"{name}.safetensors", arch=base)
-    saved = folder_paths.folder_names_and_paths.get(FOLDER)
-    folder_paths.folder_names_and_paths[FOLDER] = ([str(root)], set(compat.SAFETENSORS_EXTENSIONS))
-    folder_paths.filename_list_cache.pop(FOLDER, None)
-    try:
+    with model_folder(FOLDER, root):
         yield root
-    finally:
-        if saved is None:
-            folder_paths.folder_names_and_paths.pop(FOLDER, None)
-        else:
-            folder_paths.folder_names_and_paths[FOLDER] = saved
-        folder_paths.filename_list_cache.pop(FOLDER, None)
 
 
 def test_folder_is_registered_and_listed(folder):
@@ -52,17 +45,31 @@ def test_folder_is_registered_and_listed(folder):
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
 
 
+# The published files' attention (spec table): geometry models use row-column attention.
+PUBLISHED_ATTENTION = {name: "rowcol" if ("tg2mv" in name or "ig2mv" in name) else "row" for name in PUBLISHED}
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_every_published_file_loads_through_the_node(folder, name):
+def test_every_published_file_loads_through_the_node_with_its_attention(folder, name):
+    """No published file carries metadata or a sidecar: auto must still pick each file's attention."""
     base, ref = PUBLISHED[name]
     adapter, summary = MVAdapterLoader.execute(adapter_name=f"{name}.safetensors")
-    assert (adapter.base, adapter.has_ref, adapter.attention) == (base, ref, "row")
+    assert (adapter.base, adapter.has_ref, adapter.attention) == (base, ref, PUBLISHED_ATTENTION[name])
     assert summary.startswith(f"{name}.safetensors: ")
-    assert "assumed" in summary and "rowcol" in summary  # says what it assumed and how to change it
-    forced, forced_summary = MVAdapterLoader.execute(adapter_name=f"{name}.safetensors", attention="rowcol")
-    assert forced.attention == "rowcol" and "chosen on the node" in forced_summary
+    assert "from the published file name" in summary and "assumed" not in summary
+    other = "row" if PUBLISHED_ATTENTION[name] == "rowcol" else "rowcol"
+    forced, forced_summary = MVAdapterLoader.execute(adapter_name=f"{name}.safetensors", attention=other)
+    assert forced.attention == other and "chosen on the node" in forced_summary
     model = tiny_models.build_model(base, 0)
     assert set(check_fit(adapter, model)) >= set(adapter.layers)
+
+
+def test_a_renamed_file_without_hints_is_assumed_row_and_says_so(folder):
+    sd = load_file(str(folder / "mvadapter_tg2mv_sdxl.safetensors"))
+    save_file(sd, str(folder / "my_adapter.safetensors"))
+    adapter, summary = MVAdapterLoader.execute(adapter_name="my_adapter.safetensors")
+    assert adapter.attention == "row"
+    assert "assumed" in summary and "rowcol" in summary  # says what it assumed and how to change it
 
 
 def test_auto_reads_metadata_and_sidecar(folder, tmp_path):
@@ -93,13 +100,20 @@ def test_loader_errors_name_node_input_file_and_expectation(folder):
     with pytest.raises(NodeInputError) as err:
         MVAdapterLoader.execute(adapter_name="broken.safetensors")
     text = str(err.value)
-    assert text.startswith("MVAdapterLoader: input 'adapter_name' expected [128, 128]")
+    assert text.startswith("MV-Adapter Loader: input 'adapter_name' expected [128, 128]")
     assert "broken.safetensors with up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q_mv" in text
     (folder / "pickled.ckpt").write_bytes(b"not a safetensors file")
-    with pytest.raises(NodeInputError, match="only .safetensors files are loaded"):
+    with pytest.raises(NodeInputError, match="pickled.ckpt is not a .safetensors file; only safetensors are loaded"):
         MVAdapterLoader.execute(adapter_name="pickled.ckpt")
-    with pytest.raises(NodeInputError, match="models/mvadapter"):
+    # a damaged download: the library's "header too large" becomes the node's error
+    (folder / "truncated.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(NodeInputError) as err:
+        MVAdapterLoader.execute(adapter_name="truncated.safetensors")
+    assert str(err.value).startswith("MV-Adapter Loader: input 'adapter_name' expected a .safetensors MV-Adapter file")
+    assert "truncated.safetensors is not a readable safetensors file (Error while deserializing header" in str(err.value)
+    with pytest.raises(NodeInputError) as err:
         MVAdapterLoader.execute(adapter_name="missing.safetensors")
+    assert "'missing.safetensors'" in str(err.value) and str(folder) in str(err.value)  # the folders searched
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "sd21"])
@@ -128,8 +142,8 @@ def test_adapter_for_another_base_is_refused(folder):
     with pytest.raises(NodeInputError) as err:
         MVAdapterPatch.execute(model=tiny_models.build_model("sdxl", 0), adapter=sd21)
     text = str(err.value)
-    assert "input 'adapter' expected an adapter for this model (SDXL)" in text
-    assert "mvadapter_t2mv_sd21.safetensors (SD2.1 layout)" in text
+    assert text.startswith("MV-Adapter Patch: input 'adapter' expected an adapter for this SDXL model")
+    assert "mvadapter_t2mv_sd21.safetensors (SD2.1 layout)" in text and "load the SDXL MV-Adapter file" in text
     with pytest.raises(NodeInputError, match=r"mvadapter_t2mv_sdxl.safetensors \(SDXL layout\)"):
         MVAdapterPatch.execute(model=tiny_models.build_model("sd21", 0), adapter=sdxl)
 
@@ -145,16 +159,21 @@ def test_model_of_another_width_is_refused(folder):
         MVAdapterPatch.execute(model=other, adapter=adapter)
 
 
-def test_sd1_style_heads_are_refused(folder):
-    """Same widths as SD2.1, but a fixed head count (SD1.x): the branch heads would not be the trained ones."""
+@pytest.mark.parametrize("heads", ["fixed count", "fixed width"])
+def test_sd1_models_are_refused_without_suggesting_an_sd1_adapter(folder, heads):
+    """SD1.x has SD2.x's attention layers; no MV-Adapter exists for it, so the error must not offer one."""
     adapter, _ = MVAdapterLoader.execute(adapter_name="mvadapter_t2mv_sd21.safetensors")
 
     class FixedHeads(tiny_models.TinySD15):
         unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
 
-    model_config = FixedHeads(dict(tiny_models.UNET_CONFIGS["sd15"]))
+    model_config = (FixedHeads if heads == "fixed count" else tiny_models.TinySD15)(dict(tiny_models.UNET_CONFIGS["sd15"]))
     model_config.set_inference_dtype(torch.float32, None)
     base = model_config.get_model({}, "", device=torch.device("cpu"))
     model = compat.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    with pytest.raises(NodeInputError, match="SD1.x-style UNet"):
+    with pytest.raises(NodeInputError) as err:
         MVAdapterPatch.execute(model=model, adapter=adapter)
+    text = str(err.value)
+    assert text.startswith("MV-Adapter Patch: input 'model' expected an SD2.1 model for mvadapter_t2mv_sd21")
+    assert "got SD1.x" in text and "MV-Adapter exists for SDXL and SD2.1-base only" in text
+    assert "adapter made for" not in text and "SD1.x MV-Adapter" not in text

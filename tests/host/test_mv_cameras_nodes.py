@@ -61,7 +61,7 @@ def test_camera_raymap_errors(kwargs, input_name, fragment):
     with pytest.raises(NodeInputError) as err:
         CameraRaymap.execute(**kwargs)
     assert err.value.input_name == input_name and fragment in str(err.value)
-    assert str(err.value).startswith("CameraRaymap: input '") and "Fix:" in str(err.value)
+    assert str(err.value).startswith("Camera Raymap: input '") and "Fix:" in str(err.value)
 
 
 def load_rgba() -> tuple[torch.Tensor, torch.Tensor]:

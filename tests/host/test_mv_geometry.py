@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import tempfile
+from pathlib import Path
 
 import comfy.sample
 import comfy.utils
@@ -12,13 +14,17 @@ import pytest
 import torch
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from diffusers import T2IAdapter, UNet2DConditionModel
+from safetensors.torch import save_file
 
+from parallax.core import patches
+from parallax.core.patches import Entry, SlotPatch
+from parallax.core.weights import SafetensorsFile
 from parallax.kernels.mv_adapter_layout import MVAdapterFile
 from parallax.kernels.mv_cameras import build_camera_set
 from parallax.kernels.mv_guider import REFERENCE_PASS_KEY
 from parallax.nodes import mv_geometry
 from parallax.nodes.errors import NodeInputError
-from parallax.nodes.mv_geometry import GeometryGuider, GuiderInputPatch, GuiderMiddlePatch, GuiderSpec
+from parallax.nodes.mv_geometry import GeometryGuider, GuiderRun, GuiderSpec
 
 from parallax_testing import tiny_models
 
@@ -38,10 +44,25 @@ def tiny_guider_state(arch: str, seed: int = 0) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def tiny_adapter(arch: str, seed: int = 0, guider: dict | None = None, base: str | None = None) -> MVAdapterFile:
-    return MVAdapterFile(name=f"tiny_{arch}.safetensors", base=base or arch, attention="row", has_ref=False,
-                         layers={}, guider=tiny_guider_state(arch, seed) if guider is None else guider,
-                         guider_type=ADAPTER_TYPE[base or arch])
+_FILES = Path(tempfile.mkdtemp(prefix="parallax-guider-"))
+
+
+def guider_file(name: str, guider: dict) -> SafetensorsFile:
+    """The condition encoder alone as a safetensors file (the guider reads its tensors from the file)."""
+    path = _FILES / f"{name}.safetensors"
+    if not path.exists():
+        save_file({k: v.contiguous() for k, v in guider.items()}, str(path))
+    return SafetensorsFile(str(path))
+
+
+def tiny_adapter(arch: str, seed: int = 0, guider: dict | None = None, base: str | None = None,
+                 attention: str = "row", name: str | None = None) -> MVAdapterFile:
+    state = tiny_guider_state(arch, seed) if guider is None else guider
+    source = guider_file(name or f"tiny_{arch}_{seed}", state) if state else None
+    infos = source.tensors if source is not None else {}
+    return MVAdapterFile(name=f"{name or 'tiny_' + arch}.safetensors", base=base or arch, attention=attention,
+                         has_ref=False, layers={}, guider=dict(infos), guider_type=ADAPTER_TYPE[base or arch],
+                         source=source)
 
 
 def reference_features(arch: str, maps: torch.Tensor, strength: float) -> list[torch.Tensor]:
@@ -105,7 +126,7 @@ def run_options(m, cond_or_uncond, **extra) -> dict:
     to = dict(m.model_options["transformer_options"])
     for key, value in list(to.items()):
         if isinstance(value, GuiderSpec):
-            to[key] = value.new_run()
+            to[key] = GuiderRun(value)
     to["cond_or_uncond"] = list(cond_or_uncond)
     to.update(extra)
     return to
@@ -154,10 +175,15 @@ def test_injection_equals_diffusers_intrablock_residuals(arch, height, width):
     assert rel(patched, plain) > 1e-2  # and the features matter
 
     # Skips excluded (add after hs.append) is measurably different: the test sees skip semantics.
-    slot = slot_of(m)
+    spec = m.model_options["transformer_options"][slot_of(m)]
     to = run_options(m, [1, 0])
-    to["patches"] = {"input_block_patch_after_skip": [GuiderInputPatch(slot)],
-                     "output_block_patch": [GuiderMiddlePatch(slot)]}
+    inputs = frozenset(p for p in spec.points if p[0] == "input")
+    to["patches"] = {
+        "input_block_patch_after_skip": [SlotPatch("input_block_patch_after_skip", "back",
+                                                   (Entry(spec.slot, spec.inject_input, inputs),))],
+        "output_block_patch": [SlotPatch("output_block_patch", "front",
+                                         (Entry(spec.slot, spec.inject_middle, frozenset({("output", 0)})),))],
+    }
     no_skip = comfy_forward(model, x, t, ctx, to, **comfy_kw)
     assert rel(no_skip, ref) > 1e-3
 
@@ -187,6 +213,7 @@ def encode(clip, text):
     return [[cond, {"pooled_output": pooled}]]
 
 
+@torch.no_grad()
 def sample(model, clip, prompt="a chair", views=2, steps=3, seed=7, cfg=3.0, size=8):
     latent = torch.zeros(views, 4, size, size)
     noise = comfy.sample.prepare_noise(latent, seed)
@@ -242,11 +269,45 @@ def test_step_fraction_gates_by_step(monkeypatch, fraction, active_steps):
     ckpt = tiny_models.build_checkpoint("sd21", 0)
     m = GeometryGuider.execute(model=ckpt.model, adapter=tiny_adapter("sd21"), step_fraction=fraction,
                                cameras=build_camera_set("custom", [0, 90], [0], height=64, width=64))[0]
-    adds = []
+    added = []  # per injection: did a non-zero feature reach the block?
     real = mv_geometry.add_tiled
-    monkeypatch.setattr(mv_geometry, "add_tiled", lambda h, f, n: adds.append(h.shape[0]) or real(h, f, n))
+    monkeypatch.setattr(mv_geometry, "add_tiled", lambda h, f, n: added.append(bool(f.abs().sum() > 0)) or real(h, f, n))
     sample(m, ckpt.clip, steps=4)
-    assert len(adds) == 4 * active_steps  # four injection points per UNet call, one call per step (CFG batched)
+    assert len(added) % 4 == 0  # four injection points per UNet call, whatever the cond/uncond batching
+    per_call = [any(added[i:i + 4]) for i in range(0, len(added), 4)]
+    calls_per_step = len(per_call) // 4
+    assert per_call == [True] * (active_steps * calls_per_step) + [False] * ((4 - active_steps) * calls_per_step)
+
+
+def test_step_gating_needs_no_host_sync(monkeypatch):
+    """With step_fraction < 1 the gate is a tensor op: no .item()/.cpu()/bool() per block (a GPU sync each)."""
+    model = tiny_models.build_model("sd21", 0)
+    cams = build_camera_set("custom", [0, 90], [0], height=64, width=64)
+    x, t, ctx, _, _ = unet_inputs("sd21", 2, 8, 8)
+    sample_sigmas = torch.tensor([14.6, 9.0, 5.0, 2.0, 0.0])
+    counts = {}
+
+    def counting(name, real):
+        def method(self, *args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return real(self, *args, **kwargs)
+        return method
+
+    def forward(fraction):
+        m = GeometryGuider.execute(model=model, adapter=tiny_adapter("sd21"), cameras=cams, step_fraction=fraction)[0]
+        to = run_options(m, [0], sigmas=torch.tensor([9.0, 9.0]), sample_sigmas=sample_sigmas)
+        comfy_forward(model, x, t, ctx, to)  # compute the features once outside the count
+        counts.clear()
+        with monkeypatch.context() as mp:
+            for name in ("item", "cpu", "tolist", "__bool__", "__float__", "__int__"):
+                mp.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+            out = comfy_forward(model, x, t, ctx, to)
+        return out, dict(counts)
+
+    always, always_syncs = forward(1.0)
+    gated, gated_syncs = forward(0.5)  # step 1 of 4: active
+    assert gated_syncs == always_syncs  # the host's own syncs only
+    torch.testing.assert_close(gated, always, rtol=0, atol=0)
 
 
 def test_batch_must_be_a_multiple_of_the_views():
@@ -278,8 +339,9 @@ def test_geometry_maps_equal_the_same_maps_as_cameras():
     position = cams.maps[:, :3].permute(0, 2, 3, 1).contiguous()
     normal = cams.maps[:, 3:].permute(0, 2, 3, 1).contiguous()
     by_cams = GeometryGuider.execute(model=model, adapter=tiny_adapter("sd21"), cameras=cams)[0]
-    by_maps = GeometryGuider.execute(model=model, adapter=tiny_adapter("sd21"), position_maps=position,
-                                     normal_maps=normal)[0]
+    # the same encoder in a row-column (geometry) file takes the maps
+    by_maps = GeometryGuider.execute(model=model, adapter=tiny_adapter("sd21", attention="rowcol"),
+                                     position_maps=position, normal_maps=normal)[0]
     x, t, ctx, _, _ = unet_inputs("sd21", 4, 8, 8)
     assert torch.equal(comfy_forward(model, x, t, ctx, run_options(by_cams, [1, 0])),
                        comfy_forward(model, x, t, ctx, run_options(by_maps, [1, 0])))
@@ -293,11 +355,10 @@ def test_reference_pass_flag_and_calls_outside_a_run():
     plain = comfy_forward(model, x, t, ctx, {})
     flagged = comfy_forward(model, x, t, ctx, run_options(m, [0], **{REFERENCE_PASS_KEY: True}))
     assert torch.equal(flagged, plain)  # one reference latent, no views: untouched
-    # Outside an OUTER_SAMPLE run (the template in place) the features are computed for the call.
+    # Outside a sampling run (no OUTER_SAMPLE wrapper made a run) the model refuses clearly.
     x2, t2, c2, _, _ = unet_inputs("sd21", 2, 8, 8)
-    direct = comfy_forward(model, x2, t2, c2, dict(m.model_options["transformer_options"], cond_or_uncond=[0]))
-    in_run = comfy_forward(model, x2, t2, c2, run_options(m, [0]))
-    assert torch.equal(direct, in_run)
+    with pytest.raises(RuntimeError, match="Geometry Guider: the patched model ran outside a ComfyUI sampling run"):
+        comfy_forward(model, x2, t2, c2, dict(m.model_options["transformer_options"], cond_or_uncond=[0]))
 
 
 def test_stacks_with_itself_freeu_and_other_patches():
@@ -311,8 +372,10 @@ def test_stacks_with_itself_freeu_and_other_patches():
     to = twice.model_options["transformer_options"]
     slots = sorted(k for k in to if str(k).startswith(mv_geometry.SLOT_PREFIX))
     assert slots == ["parallax_mv_guider_0", "parallax_mv_guider_1"]
-    assert len(to["patches"]["input_block_patch"]) == 2 and len(twice.get_additional_models()) == 2
-    assert len(twice.get_wrappers(mv_geometry.compat.WrappersMP.OUTER_SAMPLE, mv_geometry.WRAPPER_KEY)) == 2
+    assert len(to["patches"]["input_block_patch"]) == 1  # one pack object per slot, one entry per guider
+    assert patches.slot_patch(twice, "input_block_patch").keys() == slots and len(twice.get_additional_models()) == 2
+    for slot in slots:
+        assert len(twice.get_wrappers(mv_geometry.compat.WrappersMP.OUTER_SAMPLE, slot)) == 1
     x, t, ctx, kw, _ = unet_inputs("sdxl", 2, 8, 8)
     a = comfy_forward(model, x, t, ctx, run_options(once, [0]), **kw)
     b = comfy_forward(model, x, t, ctx, run_options(twice, [0]), **kw)
@@ -322,7 +385,7 @@ def test_stacks_with_itself_freeu_and_other_patches():
     freeu = FreeU_V2().patch(model, 1.3, 1.4, 0.9, 0.2)[0]
     guided = GeometryGuider.execute(model=freeu, adapter=tiny_adapter("sdxl"), cameras=cams)[0]
     out_patches = guided.model_options["transformer_options"]["patches"]["output_block_patch"]
-    assert isinstance(out_patches[0], GuiderMiddlePatch) and len(out_patches) == 2
+    assert isinstance(out_patches[0], SlotPatch) and out_patches[0].position == "front" and len(out_patches) == 2
     assert "output_block_patch" in freeu.model_options["transformer_options"]["patches"]
     assert len(freeu.model_options["transformer_options"]["patches"]["output_block_patch"]) == 1
     comfy_forward(model, x, t, ctx, run_options(guided, [0]), **kw)
@@ -339,7 +402,8 @@ def test_clone_deepcopy_and_to_keep_one_copy():
     assert clone.model_options["transformer_options"][slot] is spec
     patch = m.model_options["transformer_options"]["patches"]["input_block_patch"][0]
     assert clone.model_options["transformer_options"]["patches"]["input_block_patch"][0] is patch
-    assert copy.deepcopy(spec.new_run()).spec is spec
+    run = GuiderRun(spec)
+    assert copy.deepcopy(run) is run and run.spec is spec
     assert patch.to(torch.device("cpu")) is patch and patch.to(torch.float16) is patch
     assert clone.get_additional_models_with_key(slot)[0].model is spec.patcher.model
     # The encoder is built once per adapter file and dtype, and reused by the next node run.
@@ -356,34 +420,38 @@ def bad_guider() -> dict:
 @pytest.mark.parametrize(("arch", "kwargs", "input_name", "fragment"), [
     ("sd21", {}, "cameras", "nothing connected"),
     ("sd21", {"position_maps": torch.rand(2, 64, 64, 3)}, "normal_maps", "nothing connected"),
-    ("sd21", {"position_maps": torch.rand(2, 64, 64, 3), "normal_maps": torch.rand(3, 64, 64, 3)}, "normal_maps",
-     "shape"),
+    ("sd21", {"position_maps": torch.rand(2, 64, 64, 3), "normal_maps": torch.rand(3, 64, 64, 3),
+              "adapter": "rowcol"}, "normal_maps", "shape"),
     ("sd21", {"cameras": "cams", "position_maps": torch.rand(2, 64, 64, 3)}, "cameras", "both"),
-    ("sd21", {"cameras": "not a rig"}, "cameras", "str"),
-    ("sd21", {"cameras": "cams", "adapter": "sdxl_adapter"}, "adapter", "made for sdxl"),
+    ("sd21", {"cameras": "not a rig"}, "cameras", "a camera rig"),
+    ("sd21", {"cameras": "cams", "adapter": "sdxl_adapter"}, "adapter", "made for SDXL"),
+    ("sd15", {"cameras": "cams"}, "model", "MV-Adapter exists for SDXL and SD2.1-base only"),
+    ("sd21", {"cameras": "cams", "adapter": "rowcol"}, "cameras", "position_maps and normal_maps for a geometry"),
+    ("sd21", {"position_maps": torch.rand(2, 64, 64, 3), "normal_maps": torch.rand(2, 64, 64, 3)}, "position_maps",
+     "cameras for a row-attention adapter"),
     ("sdxl", {"cameras": "cams", "adapter": "no_guider"}, "adapter", "without one"),
     ("sdxl", {"cameras": "cams", "adapter": "wide"}, "adapter", "[32, 64, 128, 128] channels"),
     ("sdxl", {"cameras": "cams", "adapter": "misshapen"}, "adapter", "misshapen keys"),
-    ("sdxl", {"cameras": "cams", "adapter": 3}, "adapter", "int"),
+    ("sdxl", {"cameras": "cams", "adapter": 3}, "adapter", "int 3"),
 ])
 def test_bad_inputs_name_the_node_and_the_input(arch, kwargs, input_name, fragment):
     cams = build_camera_set("custom", [0, 90], [0], height=64, width=64)
     adapters = {
         "sdxl_adapter": tiny_adapter("sdxl"),
         "no_guider": tiny_adapter("sdxl", guider={}),
-        "wide": MVAdapterFile(name="wide.safetensors", base="sdxl", attention="row", has_ref=False, layers={},
-                              guider=_wide_guider()),
-        "misshapen": tiny_adapter("sdxl", guider=bad_guider()),
+        "wide": tiny_adapter("sdxl", guider=_wide_guider(), name="wide"),
+        "misshapen": tiny_adapter("sdxl", guider=bad_guider(), name="misshapen"),
+        "rowcol": tiny_adapter("sd21", attention="rowcol"),
     }
     kwargs = dict(kwargs)
     if kwargs.get("cameras") == "cams":
         kwargs["cameras"] = cams
-    adapter = kwargs.pop("adapter", tiny_adapter(arch))
+    adapter = kwargs.pop("adapter", tiny_adapter("sd21" if arch == "sd15" else arch))
     adapter = adapters.get(adapter, adapter) if isinstance(adapter, str) else adapter
     with pytest.raises(NodeInputError) as err:
         GeometryGuider.execute(model=tiny_models.build_model(arch, 0), adapter=adapter, **kwargs)
     assert err.value.input_name == input_name, str(err.value)
-    assert fragment in str(err.value) and str(err.value).startswith("GeometryGuider: input '")
+    assert fragment in str(err.value) and str(err.value).startswith("Geometry Guider: input '")
 
 
 @functools.cache
@@ -392,3 +460,39 @@ def _wide_guider() -> dict:
     module = T2IAdapter(in_channels=6, channels=[64, 64, 128, 128], num_res_blocks=2, downscale_factor=16,
                         adapter_type="full_adapter_xl")
     return dict(module.state_dict())
+
+
+def host_adapter_features(arch: str, maps: torch.Tensor) -> list[torch.Tensor]:
+    """The same encoder as the host's own T2I-Adapter class, keys converted the way the host converts
+    diffusers T2I-Adapter files (comfy.controlnet.load_t2i_adapter)."""
+    import comfy.t2i_adapter.adapter as host_t2i
+
+    replace = {}  # applied in order: the specific prefixes before the bare "adapter."
+    for i in range(4):
+        for j in range(2):
+            replace[f"adapter.body.{i}.resnets.{j}."] = f"body.{i * 2 + j}."
+        replace[f"adapter.body.{i}."] = f"body.{i * 2}."
+    replace["adapter."] = ""
+    state = comfy.utils.state_dict_prefix_replace(dict(tiny_guider_state(arch)), replace)
+    factor = 16 if arch == "sdxl" else 8
+    module = host_t2i.Adapter(cin=6 * factor * factor, channels=TINY_CHANNELS, nums_rb=2, ksize=1, sk=True,
+                              use_conv=False, xl=arch == "sdxl")
+    module.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = module(maps)
+    return [f for f in out.get("middle", []) + out["input"] if f is not None][::-1]
+
+
+@pytest.mark.parametrize(("arch", "even", "odd"), [("sdxl", 64, 80), ("sd21", 128, 96)])
+def test_the_hosts_t2i_adapter_equals_diffusers_only_when_every_pooled_map_is_even(arch, even, odd):
+    """Why the guider runs diffusers' T2IAdapter (upstream's class) and not the host's: with the host's key
+    conversion the host's class gives the same features while every down-sampled map has even sides,
+    but it pads odd-sided maps before pooling where diffusers pools with ceil_mode, so at such sizes
+    (an SDXL image side of 80 = 16 x 5 px, an SD2.1 side of 96) it is not the published encoder."""
+    for side, same in ((even, True), (odd, False)):
+        maps = build_camera_set("custom", [30, 200], [10], projection="perspective", height=side, width=side).maps
+        ours = reference_features(arch, maps, 1.0)
+        host = host_adapter_features(arch, maps)
+        assert [f.shape for f in host] == [f.shape for f in ours]
+        worst = max((a - b).abs().max().item() for a, b in zip(host, ours))
+        assert (worst < 1e-5) == same, (side, worst)

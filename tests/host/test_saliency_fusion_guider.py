@@ -19,6 +19,7 @@ from parallax.nodes.errors import NodeInputError
 from parallax.nodes.saliency_fusion import KEY, FusionMasks, SaliencyFusionMasks, SaliencyNoiseFusion
 
 from parallax_testing import tiny_models
+from snf_reference import decided, eps_response, naive_step
 
 CFG = 5.0
 # Powers of two: x / sigma and sigma * (x / sigma) are exact, so a run can be split and resumed bit-exactly.
@@ -141,7 +142,7 @@ def test_stage_1_is_the_scene_model_and_stage_3_the_subject_model(scene, subject
     trace, out = run_with_trace(guider, POW2_SIGMAS, noise)
     ref_x0, ref_out = split_reference(scene, subject, (conds["text"], conds["null"]), (conds["aug"], conds["text"]),
                                       6, noise)
-    assert [stage for _, stage, _ in masks.entries] == [1] * 6 + [3] * 4
+    assert [stage for _, stage, _ in masks.latest().entries] == [1] * 6 + [3] * 4
     assert len(trace["x0"]) == len(ref_x0) == 10
     for step, (got, want) in enumerate(zip(trace["x0"], ref_x0)):
         assert torch.equal(got, want), f"step {step} differs"
@@ -154,7 +155,7 @@ def test_identical_models_and_conds_equal_plain_cfg(scene, conds):
     guider, masks = SaliencyNoiseFusion.execute(scene, conds["text"], conds["null"], scene, conds["text"],
                                                 conds["null"], cfg=CFG, fusion_start=0.0, fusion_end=1.0)
     assert torch.equal(run(guider, sigmas), run(cfg_guider(scene, conds["text"], conds["null"]), sigmas))
-    fused = [m for _, stage, m in masks.entries if stage == 2]
+    fused = [m for _, stage, m in masks.latest().entries if stage == 2]
     assert len(fused) == 6 and not any(m.any() for m in fused)
 
 
@@ -166,15 +167,17 @@ def test_call_counts_per_stage_and_the_masks(scene, subject, conds):
     run(guider, sigmas_for(scene, 10))
     # 10 steps at 0.3 / 0.6: steps 0-3 scene, 4-6 both, 7-9 subject; each call = [uncond, cond] in one batch.
     assert calls(log, "scene") == [(1, 0)] * 7 and calls(log, "subject") == [(1, 0)] * 6
-    assert [(step, stage) for step, stage, _ in masks.entries] == [(i, snf.stage_of(i, (3, 6))) for i in range(10)]
-    fused = [m for _, stage, m in masks.entries if stage == 2]
+    assert [(step, stage) for step, stage, _ in masks.latest().entries] == [(i, snf.stage_of(i, (3, 6))) for i in range(10)]
+    fused = [m for _, stage, m in masks.latest().entries if stage == 2]
     assert all(m.dtype == torch.bool and m.shape == (1, 1, 16, 16) for m in fused)
     share = torch.stack(fused).float().mean()
     assert 0 < share < 1  # both models paint somewhere
 
 
-def test_fused_prediction_is_the_kernel_applied_to_both_models_cfg(scene, subject, conds):
-    """The returned x0 is fuse(CFG_T, CFG_S, mask) with the mask from both responses in eps units."""
+def test_fused_prediction_and_mask_equal_an_independent_reference(scene, subject, conds):
+    """At every fusion evaluation: the mask equals the naive float64 saliency step fed each model's own raw
+    cond/uncond x0 (from the host's plain CFGGuider), and the returned x0 is that mask's pick of the two
+    models' CFG results."""
     seen = []
 
     def spy(executor, x, timestep, model_options, seed):
@@ -196,15 +199,38 @@ def test_fused_prediction_is_the_kernel_applied_to_both_models_cfg(scene, subjec
             return recorded[name]
         return wrapper
 
-    for (x, sigma, out), (_, _, mask) in zip(seen, masks.entries):
+    def raw(name):
+        def pre_cfg(args):
+            recorded[name + "_raw"] = [c.clone() for c in args["conds_out"]]  # [cond, uncond] x0
+            return args["conds_out"]
+        return pre_cfg
+
+    decided_positions = 0
+    assert len(seen) == len(masks.latest().entries) == 3
+    for (x, sigma, out), (_, stage, mask) in zip(seen, masks.latest().entries):
         for name, ref in (("scene", ref_t), ("subject", ref_s)):
             # One evaluation of the host's own CFG at this x and sigma: sample over [sigma, 0] from x / sigma.
             ref.model_options = comfy.model_patcher.create_model_options_clone(ref.model_patcher.model_options)
             comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "grab",
                                                           grab(name), ref.model_options, is_model_options=True)
+            ref.model_options["sampler_pre_cfg_function"] = [raw(name)]
             ref.sample(x / sigma, torch.zeros_like(x), comfy.samplers.sampler_object("euler"),
                        torch.stack([sigma[0], torch.tensor(0.0)]), disable_pbar=True, seed=0)
-        assert torch.equal(out, snf.fuse(recorded["scene"], recorded["subject"], mask))
+        s = float(sigma[0])
+        r_t = eps_response(*(t.double().numpy() for t in recorded["scene_raw"]), s, CFG)
+        r_s = eps_response(*(t.double().numpy() for t in recorded["subject_raw"]), s, CFG)
+        om_t, om_s, expected = naive_step(r_t, r_s)
+        sure = decided(om_t, om_s)
+        assert stage == 2 and mask.shape == (1, 1, 16, 16)
+        got = mask[:, 0].numpy()
+        assert (got[sure] == expected[sure]).all()
+        decided_positions += int(sure.sum())
+        assert 0 < expected.mean() < 1  # both models win somewhere
+        pick = torch.from_numpy(expected).unsqueeze(1)
+        fused = torch.where(pick, recorded["subject"], recorded["scene"])
+        sure_t = torch.from_numpy(sure).unsqueeze(1).expand_as(out)
+        assert torch.equal(out[sure_t], fused[sure_t])
+    assert decided_positions >= 0.99 * 3 * 16 * 16  # near-ties are rare
 
 
 def first_step(guider, shape=(1, 4, 16, 16)):
@@ -219,7 +245,7 @@ def first_step(guider, shape=(1, 4, 16, 16)):
     comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "spy", spy,
                                                   guider.model_options, is_model_options=True)
     run(guider, torch.tensor([8.0, 0.0]), shape=shape, seed=11)
-    return seen[0], guider.masks.entries[0][2]
+    return seen[0], guider.masks.latest().entries[0][2]
 
 
 def test_each_models_cfg_functions_apply_to_it_and_the_saliency_uses_raw_predictions(scene, subject, conds):
@@ -356,10 +382,12 @@ def test_state_is_reset_between_runs(scene, subject, conds):
     guider, masks = snf_guider(scene, subject, conds)
     sigmas = sigmas_for(scene, 10)
     first = run(guider, sigmas)
-    first_masks = [m for _, _, m in masks.entries]
+    first_record = masks.latest()
+    first_masks = [m for _, _, m in first_record.entries]
     second = run(guider, sigmas)
-    assert torch.equal(first, second) and masks.runs == 2 and len(masks.entries) == 10
-    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(first_masks, [m for _, _, m in masks.entries]))
+    assert masks.latest() is not first_record  # a record per run
+    assert torch.equal(first, second) and masks.runs == 2 and len(masks.latest().entries) == 10
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(first_masks, [m for _, _, m in masks.latest().entries]))
     assert guider._run is None
 
 
@@ -387,18 +415,30 @@ def distinct_copy(patcher):
     return copy
 
 
-def test_shared_module_with_a_lora_swaps_weights_exactly(lora_pair, conds):
+def test_shared_module_with_a_lora_swaps_weights_exactly(lora_pair, conds, monkeypatch):
     base, lora = lora_pair
     guider, masks = snf_guider(base, lora, conds)
-    assert guider.shared and guider.swap
+    assert guider.shared and guider.swap and guider.swap_by_reference
     assert guider.model_patcher.get_additional_models_with_key(KEY) == []  # loaded by swapping, not twice
     sigmas = sigmas_for(base, 10)
+    params = dict(base.model.diffusion_model.named_parameters())
+    loads, patched = [], []
+    real_load, real_patch = comfy.model_management.load_models_gpu, type(lora).patch_weight_to_device
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu",
+                        lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(type(lora), "patch_weight_to_device",  # counts the weights a LoRA patch is computed for
+                        lambda self, key, *a, **k: (key in self.patches and patched.append(key))
+                        or real_patch(self, key, *a, **k))
     shared_out = run(guider, sigmas)
-    shared_masks = [m for _, _, m in masks.entries]
+    assert len(loads) == 1  # the sampler's own load: no reload per fused step
+    assert sorted(patched) == sorted(lora.patches)  # each LoRA weight computed once per run
+    assert all(p is params[k] for k, p in base.model.diffusion_model.named_parameters())  # the base is back
+    monkeypatch.undo()
+    shared_masks = [m for _, _, m in masks.latest().entries]
     distinct, distinct_masks_holder = snf_guider(base, distinct_copy(lora), conds)
     assert not distinct.shared
     assert torch.equal(shared_out, run(distinct, sigmas))
-    for a, b in zip(shared_masks, [m for _, _, m in distinct_masks_holder.entries]):
+    for a, b in zip(shared_masks, [m for _, _, m in distinct_masks_holder.latest().entries]):
         assert (a is None and b is None) or torch.equal(a, b)
     # And the checkpoint is left usable: plain runs of either clone afterwards are unaffected.
     assert torch.equal(run(cfg_guider(base, conds["text"], conds["null"]), sigmas),
@@ -422,15 +462,15 @@ def test_samplers_batch_two_and_non_square(scene, subject, conds, sampler):
     out = run(guider, sigmas, sampler, shape=(2, 4, 12, 20), seed=5)
     assert out.shape == (2, 4, 12, 20) and torch.isfinite(out).all()
     bounds = snf.stage_bounds(6, 0.3, 0.6)
-    assert masks.bounds == bounds
-    stages = [stage for _, stage, _ in masks.entries]
+    assert masks.latest().bounds == bounds
+    stages = [stage for _, stage, _ in masks.latest().entries]
     assert stages == sorted(stages) and set(stages) == {1, 2, 3}
     n_scene = sum(s in (1, 2) for s in stages)
     n_subject = sum(s in (2, 3) for s in stages)
     assert len(calls(log, "scene")) == n_scene and len(calls(log, "subject")) == n_subject
     evaluations = {"heun": 2 * 6 - 1, "dpm_2": 2 * 6 - 1}.get(sampler, 6)
-    assert len(masks.entries) == evaluations
-    for _, stage, mask in masks.entries:
+    assert len(masks.latest().entries) == evaluations
+    for _, stage, mask in masks.latest().entries:
         if stage == 2:
             assert mask.shape == (2, 1, 12, 20)
 
@@ -444,7 +484,7 @@ def test_sdxl_pair_uses_each_models_own_adm_conds():
     guider, masks = SaliencyNoiseFusion.execute(scene_xl, text, null, subject_xl, aug, text, cfg=CFG,
                                                 fusion_start=0.0, fusion_end=1.0)
     out = run(guider, sigmas_for(scene_xl, 2), shape=(1, 4, 8, 12))
-    assert torch.isfinite(out).all() and [stage for _, stage, _ in masks.entries] == [2, 2]
+    assert torch.isfinite(out).all() and [stage for _, stage, _ in masks.latest().entries] == [2, 2]
 
 
 # --- the node's inputs and the mask images --------------------------------------------------------------
@@ -484,7 +524,7 @@ def test_mask_images_after_a_run(scene, subject, conds):
     image, share = SaliencyFusionMasks.execute(masks, samples)
     assert image.shape == (3 * 2, 96, 160, 3) and share.shape == (2, 96, 160)
     assert set(image.unique().tolist()) == {0.0, 1.0} and 0 < share.mean() < 1
-    fused = torch.stack([m for _, stage, m in masks.entries if stage == 2])[:, :, 0].float()  # [3, 2, 12, 20]
+    fused = torch.stack([m for _, stage, m in masks.latest().entries if stage == 2])[:, :, 0].float()  # [3, 2, 12, 20]
     assert torch.equal(image[2 * 1 + 1, ::8, ::8, 0], fused[1, 1])  # frame order: evaluation-major
     every, _ = SaliencyFusionMasks.execute(masks, samples, steps="all", upscale=1)
     assert every.shape == (10 * 2, 12, 20, 3)
@@ -494,12 +534,33 @@ def test_mask_images_after_a_run(scene, subject, conds):
 def test_mask_node_refuses_a_holder_without_a_run_or_from_another_latent(scene, subject, conds):
     with pytest.raises(NodeInputError) as err:
         SaliencyFusionMasks.execute(FusionMasks(), {"samples": torch.zeros(1, 4, 8, 8)})
+    assert err.value.input_name == "samples" and "no run of the guider yet" in str(err.value)
+    with pytest.raises(NodeInputError) as err:
+        SaliencyFusionMasks.execute("not masks", {"samples": torch.zeros(1, 4, 8, 8)})
     assert err.value.input_name == "fusion_masks"
     guider, masks = snf_guider(scene, subject, conds, 0.0, 0.0)
-    run(guider, sigmas_for(scene, 2))
+    out = run(guider, sigmas_for(scene, 2))
     with pytest.raises(NodeInputError) as err:
-        SaliencyFusionMasks.execute(masks, {"samples": torch.zeros(1, 4, 8, 8)})
-    assert err.value.input_name == "samples"
+        SaliencyFusionMasks.execute(masks, {"samples": torch.zeros(1, 4, 16, 16)})
+    assert err.value.input_name == "samples" and "no run of this guider returned" in str(err.value)
     # No fusion step in this run: 'fusion' falls back to every evaluation (all white: subject only).
-    image, _ = SaliencyFusionMasks.execute(masks, {"samples": torch.zeros(1, 4, 16, 16)})
+    image, _ = SaliencyFusionMasks.execute(masks, {"samples": out})
     assert image.shape[0] == 2 and image.all()
+
+
+def test_one_guider_feeding_two_samplers_keeps_each_runs_masks(scene, subject, conds):
+    """The guider is one cached node output; each sampler's masks node must show its own run."""
+    guider, masks = snf_guider(scene, subject, conds)
+    sigmas = sigmas_for(scene, 10)
+    first = run(guider, sigmas, seed=1)
+    first_frames, _ = SaliencyFusionMasks.execute(masks, {"samples": first}, upscale=1)
+    second = run(guider, sigmas, seed=2)
+    assert masks.runs == 2 and not torch.equal(first, second)
+    again_first, _ = SaliencyFusionMasks.execute(masks, {"samples": first}, upscale=1)
+    second_frames, _ = SaliencyFusionMasks.execute(masks, {"samples": second}, upscale=1)
+    assert torch.equal(again_first, first_frames)  # not replaced by the later run
+    assert not torch.equal(second_frames, first_frames)
+    # each equals a fresh guider's masks for that seed alone
+    alone, alone_masks = snf_guider(scene, subject, conds)
+    alone_out = run(alone, sigmas, seed=2)
+    assert torch.equal(SaliencyFusionMasks.execute(alone_masks, {"samples": alone_out}, upscale=1)[0], second_frames)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from parallax.nodes.errors import NodeInputError
-from parallax.nodes.mv_adapter import ShiftSNR
+from parallax.nodes.shift_snr import ShiftSNR
 
 from parallax_testing import tiny_models
 
@@ -27,7 +27,7 @@ def test_interpolated_table_and_formula(model):
     base, new = sampling_of(model).sigmas.double(), sampling_of(shifted).sigmas.double()
     t = torch.arange(1000, dtype=torch.float64)
     torch.testing.assert_close(new, base * 8 ** (t / 999 / 2), rtol=1e-6, atol=0)
-    for step, value in ((0, 0.0292), (500, 2.7230), (999, 41.336)):  # spec 6 (printed to 4-5 digits)
+    for step, value in ((0, 0.0292), (500, 2.7230), (999, 41.336)):  # MV-Adapter's table (printed to 4-5 digits)
         assert new[step].item() == pytest.approx(value, abs=6e-4)
     assert sampling_of(model).sigmas[999].item() == pytest.approx(14.615, abs=6e-4)  # the input is untouched
     assert shifted is not model and "model_sampling" in shifted.object_patches

@@ -230,7 +230,15 @@ def test_paste_back_matches_official_crop_back():
     theirs = ref.crop_back(pred, scene, info.extra_sizes, info.crop_box, info.target_box, margin=3)
     ours = paste_back(levels(scene), torch.from_numpy(pred).permute(2, 0, 1), info, 3, "target_box", match_official=True)
     diff = np.abs(ours.permute(1, 2, 0).numpy().astype(np.int32) - theirs.astype(np.int32))
-    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999  # float bilinear: cv2 and torch round differently
+    # Outside the target box the scene is copied: bit-identical.
+    ty1, ty2, tx1, tx2 = info.target_box
+    inside = np.zeros(diff.shape[:2], bool)
+    inside[ty1:ty2, tx1:tx2] = True
+    assert diff[~inside].max() == 0
+    # Inside, a genuine tolerance: both resize the float crop bilinearly, but OpenCV computes its weights and
+    # sums in float32 in another order than torch, and the official uint8 assignment truncates, so a value
+    # within round-off of an integer level can land one level lower (15 of the 18,723 values here).
+    assert diff.max() <= 1 and (diff[inside] == 0).mean() >= 0.999
 
 
 def test_paste_back_rejects_unknown_mode():

@@ -81,7 +81,7 @@ def test_parser_structure_equals_the_diffusers_enumeration(base):
     assert set(mapped) == set(expected)
     assert all(mapped[a] == 320 * expected[a] for a in mapped)
     blocks = {(a[0], a[1]) for a in mapped}
-    if base == "sdxl":  # spec 2.3
+    if base == "sdxl":
         assert blocks == {("input", i) for i in (4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(6)}
     else:
         assert blocks == {("input", i) for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0)} | {("output", i) for i in range(3, 12)}
@@ -92,7 +92,7 @@ def numel(shapes):
 
 
 def test_full_size_counts_and_sizes_match_the_published_files():
-    """Spec 2.2: SDXL 70 layers -> 350 mv (+350 ref) tensors, 38 adapter tensors; sizes of the published files."""
+    """SDXL 70 layers -> 350 mv (+350 ref) tensors, 38 adapter tensors; sizes of the published files."""
     xl_mv, xl_ref = adapter_shapes("sdxl", 320, ref=False), adapter_shapes("sdxl", 320, ref=True)
     branches = {k: v for k, v in xl_mv.items() if not k.startswith("adapter.")}
     guider = {k: v for k, v in xl_mv.items() if k.startswith("adapter.")}

@@ -1,4 +1,4 @@
-"""MV-Adapter attention branches against independent formulations of the spec's formulas.
+"""MV-Adapter attention branches against independent formulations of MV-Adapter's formulas.
 
 - grouped row attention vs explicit per-(view, row) loops and vs upstream's repeat_interleave form;
 - row-column attention vs explicit per-row / per-column loops with the front view's flips;
@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from parallax.kernels.mv_attention import (
     Branch,
     MVBatchError,
-    chunk_batch,
+    check_view_groups,
     decoupled_attn1_output,
     mv_branch,
     ref_branch,
@@ -25,7 +25,6 @@ from parallax.kernels.mv_attention import (
     row_attention,
     rowcol_attention,
     sdpa_attention,
-    token_grid,
 )
 
 
@@ -197,7 +196,7 @@ def test_uncond_reference_output_is_exactly_the_bias_and_equals_a_zero_reference
     n = qkv(2 * nv, 9, c, dtype=torch.float32, seed=7)[0]
     state = qkv(1, 9, c, dtype=torch.float32, seed=8)[0]
     kv = (branch.k(state), branch.v(state))
-    out = ref_branch(n, branch, kv, heads, [1, 0], attention=sdpa_attention)
+    out = ref_branch(n, branch, [None, kv], heads, attention=sdpa_attention)  # layout [1, 0]
     assert torch.equal(out[:nv], bias.expand(nv, 9, c))
     # the official uncond path: zero reference states through the same projections and attention
     zeros = torch.zeros_like(state)
@@ -211,7 +210,7 @@ def test_no_reference_gives_the_bias_for_every_chunk():
     c = 8
     branch, _, bias = make_branch(c, 9)
     n = qkv(6, 4, c, seed=10)[0]
-    assert torch.equal(ref_branch(n, branch, None, 2, [0]), bias.expand(6, 4, c))
+    assert torch.equal(ref_branch(n, branch, [None], 2), bias.expand(6, 4, c))
 
 
 def test_precomputed_reference_kv_equals_projection_on_the_fly():
@@ -222,7 +221,7 @@ def test_precomputed_reference_kv_equals_projection_on_the_fly():
     kv = (branch.k(state), branch.v(state))
     on_the_fly = branch.out(torch.stack([
         naive_attention(branch.q(n[i]), branch.k(state[0]), branch.v(state[0]), heads) for i in range(6)]))
-    torch.testing.assert_close(ref_branch(n, branch, kv, heads, [0]), on_the_fly, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref_branch(n, branch, [kv], heads), on_the_fly, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["row", "rowcol"])
@@ -239,8 +238,9 @@ def test_chunk_layouts_give_the_same_per_sample_outputs(kind):
     def run(chunks):
         n = torch.cat([uncond if ch == 1 else cond for ch in chunks])
         out = torch.cat([out_u if ch == 1 else out_c for ch in chunks])
-        res = decoupled_attn1_output(out, n, heads=heads, grid=(ih, iw), num_views=nv, cond_or_uncond=chunks,
-                                     kind=kind, mv=mv, mv_scale=0.7, ref=ref, ref_kv=kv, ref_scale=1.3)
+        kvs = [None if ch == 1 else kv for ch in chunks]  # the uncond chunk sees no reference
+        res = decoupled_attn1_output(out, n, heads=heads, grid=(ih, iw), num_views=nv, kind=kind, mv=mv,
+                                     mv_scale=0.7, ref=ref, ref_kv=kvs, ref_scale=1.3)
         return dict(zip(chunks, res.split(nv)))
 
     both, flipped, only_c, only_u = run([1, 0]), run([0, 1]), run([0]), run([1])
@@ -269,31 +269,22 @@ def test_zero_scales_return_the_input_unchanged():
     mv, _, _ = make_branch(c, 17)
     n = qkv(nv, 4, c, seed=18)[0]
     out = qkv(nv, 4, c, seed=19)[0]
-    res = decoupled_attn1_output(out, n, heads=2, grid=(2, 2), num_views=nv, cond_or_uncond=[0], mv=mv, mv_scale=0.0,
-                                 ref=mv, ref_kv=None, ref_scale=0.0)
+    res = decoupled_attn1_output(out, n, heads=2, grid=(2, 2), num_views=nv, mv=mv, mv_scale=0.0, ref=mv,
+                                 ref_kv=[None], ref_scale=0.0)
     assert res is out
 
 
-def test_token_grid_uses_activations_shape_and_checks_squares():
-    assert token_grid(12, [2, 320, 3, 4]) == (3, 4)
-    assert token_grid(16) == (4, 4)
-    with pytest.raises(MVBatchError, match="not a square"):
-        token_grid(12)
-    with pytest.raises(MVBatchError, match="3x5"):
-        token_grid(12, [2, 320, 3, 5])
-
-
-def test_chunk_batch_needs_whole_view_groups():
-    assert chunk_batch(12, [1, 0], 6) == 6
-    assert chunk_batch(12, [0], 6) == 12
+def test_chunks_need_whole_view_groups():
+    assert check_view_groups(12, 2, 6) == 6
+    assert check_view_groups(12, 1, 6) == 12
     with pytest.raises(MVBatchError, match="num_views=6"):
-        chunk_batch(8, [1, 0], 6)
+        check_view_groups(8, 2, 6)
     with pytest.raises(MVBatchError, match="row-column attention works on exactly 6 views"):
         mv_branch(torch.zeros(4, 4, 8, dtype=torch.float64), make_branch(8, 0)[0], 2, 4, (2, 2), "rowcol")
 
 
 def test_row_attention_costs_nv_over_ih_of_self_attention():
-    """Spec 3.2: b*ih*(nv*iw)^2*d vs b*nv*(ih*iw)^2*d -> 6/48 = 12.5 % at 48x48, 6 views (score + value matmuls)."""
+    """Row attention: b*ih*(nv*iw)^2*d vs b*nv*(ih*iw)^2*d -> 6/48 = 12.5 % at 48x48, 6 views (score + value matmuls)."""
     nv, ih, iw, c, heads = 6, 48, 48, 8, 1
     q, k, v = qkv(nv, ih * iw, c, dtype=torch.float32, seed=20)
 

@@ -1,4 +1,4 @@
-"""MV-Adapter cameras: the spec's control table, the geometry rig, Plucker rays vs an independent formula."""
+"""MV-Adapter cameras: MV-Adapter's control table, the geometry rig, Plucker rays vs an independent formula."""
 
 from __future__ import annotations
 
@@ -9,15 +9,22 @@ import torch
 
 from parallax.kernels import mv_cameras as cams
 
-# mv_adapter.md section 5.1: user azimuth -> control 6-vector (orthographic, elevation 0, distance 1.8).
+# MV-Adapter's published camera table: user azimuth -> control 6-vector (orthographic, elevation 0, distance 1.8),
+# exactly: (view_dir, pos) = (0, 1, 0, 0, -1, 0) at 0 and (-r, r, 0, r, -r, 0) at 45 with r = sqrt(2) / 2
+# (the table's .7071), mapped by (v + 1) / 2, so .1464 / .8536 are (1 -+ r) / 2.
+R = math.sqrt(2) / 2
+LO, HI = (1 - R) / 2, (1 + R) / 2
 SPEC_TABLE = {
     0: (0.5, 1.0, 0.5, 0.5, 0.0, 0.5),
-    45: (0.1464, 0.8536, 0.5, 0.8536, 0.1464, 0.5),
+    45: (LO, HI, 0.5, HI, LO, 0.5),
     90: (0.0, 0.5, 0.5, 1.0, 0.5, 0.5),
     180: (0.5, 0.0, 0.5, 0.5, 1.0, 0.5),
     270: (1.0, 0.5, 0.5, 0.0, 0.5, 0.5),
-    315: (0.8536, 0.8536, 0.5, 0.1464, 0.1464, 0.5),
+    315: (HI, HI, 0.5, LO, LO, 0.5),
 }
+# float32 outputs computed in float64: round-off of the final cast (at most 2**-25 below 1) plus that of the
+# float32 camera matrices they are derived from.
+F32 = 1e-7
 
 
 def closed_form_control(azimuth: float, elevation: float) -> torch.Tensor:
@@ -27,16 +34,17 @@ def closed_form_control(azimuth: float, elevation: float) -> torch.Tensor:
     return ((torch.cat([-p, p]) + 1) / 2).clamp(0, 1)
 
 
-def test_default_rig_reproduces_the_spec_table_to_1e4():
+def test_default_rig_reproduces_the_spec_table_exactly():
+    """The six default views are the table's exact values rounded once to float32 (the maps' dtype)."""
     rig = cams.build_camera_set(height=4, width=4)
-    assert rig.num_views == 6 and rig.maps.shape == (6, 6, 4, 4)
+    assert rig.num_views == 6 and rig.maps.shape == (6, 6, 4, 4) and rig.maps.dtype == torch.float32
     assert rig.azimuths == cams.DEFAULT_AZIMUTHS and rig.elevations == (0.0,) * 6
     assert rig.labels == ("front", "front-right", "right", "back", "left", "front-left")
     for view, azimuth in enumerate(rig.azimuths):
-        expected = torch.tensor(SPEC_TABLE[int(azimuth)])
+        expected = torch.tensor(SPEC_TABLE[int(azimuth)], dtype=torch.float64)
         got = rig.maps[view]
         assert torch.equal(got, got[:, :1, :1].expand_as(got)), "orthographic maps are constant per view"
-        torch.testing.assert_close(got[:, 0, 0], expected, atol=1e-4, rtol=0)
+        assert torch.equal(got[:, 0, 0], expected.float()), (azimuth, got[:, 0, 0].tolist())
 
 
 def test_default_rig_is_the_custom_rig_with_the_default_lists():
@@ -53,7 +61,7 @@ def test_any_azimuth_elevation_list_matches_the_closed_form(views):
     rig = cams.build_camera_set("custom", az, el, height=3, width=5)
     assert rig.maps.shape == (views, 6, 3, 5)
     for i in range(views):
-        torch.testing.assert_close(rig.maps[i, :, 1, 2].double(), closed_form_control(az[i], el[i]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(rig.maps[i, :, 1, 2].double(), closed_form_control(az[i], el[i]), atol=F32, rtol=0)
 
 
 def test_opencv_extrinsics_give_the_look_direction_and_position():
@@ -61,6 +69,7 @@ def test_opencv_extrinsics_give_the_look_direction_and_position():
     rot, trans = rig.w2c[:, :3, :3].double(), rig.w2c[:, :3, 3].double()
     cam_pos = -(rot.transpose(1, 2) @ trans[..., None])[..., 0]
     view_dir = rot.transpose(1, 2)[:, :, 2]
+    # w2c is the float32 inverse of the float32 c2w: a few float32 ulps of the 1.8 distance apart.
     torch.testing.assert_close(cam_pos, rig.c2w[:, :3, 3].double(), atol=1e-6, rtol=0)
     torch.testing.assert_close(view_dir, -rig.c2w[:, :3, 2].double(), atol=1e-6, rtol=0)
     torch.testing.assert_close(rig.c2w[:, :3, 3].norm(dim=-1), torch.full((2,), 1.8), atol=1e-6, rtol=0)
@@ -71,20 +80,25 @@ def test_geometry_rig_cameras():
     assert rig.labels == ("front", "right", "back", "left", "top", "bottom")
     assert rig.elevations == (0.0, 0.0, 0.0, 0.0, 89.99, -89.99)
     assert rig.azimuths == (0.0, 90.0, 180.0, 270.0, 180.0, 180.0)
+    assert rig.c2w.dtype == torch.float32
     right, up, pos = rig.c2w[:, :3, 0].double(), rig.c2w[:, :3, 1].double(), rig.c2w[:, :3, 3].double()
-    d = 1.8
+    d = 1.8  # float32(1.8) is 4.8e-8 off: within F32
     expected_right = [(1, 0, 0), (0, 1, 0), (-1, 0, 0), (0, -1, 0), (-1, 0, 0), (-1, 0, 0)]
-    torch.testing.assert_close(right, torch.tensor(expected_right, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(right, torch.tensor(expected_right, dtype=torch.float64), atol=F32, rtol=0)
     # Side views: up = +Z; camera positions -Y (front), +X (right), +Y (back), -X (left).
-    torch.testing.assert_close(up[:4], torch.tensor([(0, 0, 1.0)] * 4, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(up[:4], torch.tensor([(0, 0, 1.0)] * 4, dtype=torch.float64), atol=F32, rtol=0)
     torch.testing.assert_close(pos[:4], d * torch.tensor([(0, -1, 0), (1, 0, 0), (0, 1, 0), (-1, 0, 0.0)],
-                                                         dtype=torch.float64), atol=1e-5, rtol=0)
+                                                         dtype=torch.float64), atol=F32, rtol=0)
     # Top / bottom at +-89.99 deg: exactly up = (0, -+sin e, cos e), position d (0, cos e, +-sin e).
     s, c = math.sin(math.radians(89.99)), math.cos(math.radians(89.99))
-    torch.testing.assert_close(up[4:], torch.tensor([(0, -s, c), (0, s, c)], dtype=torch.float64), atol=1e-6, rtol=0)
-    torch.testing.assert_close(pos[4:], d * torch.tensor([(0, c, s), (0, c, -s)], dtype=torch.float64), atol=1e-5,
+    torch.testing.assert_close(up[4:], torch.tensor([(0, -s, c), (0, s, c)], dtype=torch.float64), atol=F32, rtol=0)
+    torch.testing.assert_close(pos[4:], d * torch.tensor([(0, c, s), (0, c, -s)], dtype=torch.float64), atol=F32,
                                rtol=0)
-    # The spec's rounded statement "top/bottom: right (-1, 0, 0), up (0, -+1, 0)" holds to sin(0.01 deg) = 1.7e-4.
+    # The geometry rig's control vectors: (view_dir, pos) = (-p_hat, p_hat) with p_hat the unit position above.
+    p_hat = torch.tensor([(0, -1, 0), (1, 0, 0), (0, 1, 0), (-1, 0, 0), (0, c, s), (0, c, -s)], dtype=torch.float64)
+    expected = (torch.cat([-p_hat, p_hat], dim=1) + 1) / 2
+    torch.testing.assert_close(rig.maps[:, :, 0, 0].double(), expected, atol=F32, rtol=0)
+    # The rounded statement "top/bottom: right (-1, 0, 0), up (0, -+1, 0)" holds to sin(0.01 deg) = 1.7e-4.
     torch.testing.assert_close(up[4:], torch.tensor([(0, -1, 0), (0, 1, 0.0)], dtype=torch.float64), atol=2e-4,
                                rtol=0)
     # Front's right vector is +X, back/top/bottom's -X: why row-column attention flips the front view.
@@ -94,7 +108,7 @@ def test_geometry_rig_cameras():
 def test_orthographic_maps_do_not_depend_on_distance_or_size():
     a = cams.build_camera_set(distance=1.8, height=4, width=4)
     b = cams.build_camera_set(distance=5.0, height=2, width=6)
-    torch.testing.assert_close(a.maps[:, :, 0, 0], b.maps[:, :, 0, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.maps[:, :, 0, 0], b.maps[:, :, 0, 0], atol=F32, rtol=0)
 
 
 def independent_plucker(c2w: torch.Tensor, height: int, width: int, fov: float) -> torch.Tensor:
@@ -135,7 +149,8 @@ def test_perspective_rig_maps_and_intrinsics():
     expected = ((cams.plucker_rays(rig.c2w, 6, 8, 50.0) + 1) / 2).clamp(0, 1)
     assert torch.equal(rig.maps, expected)
     focal = 4.0 / math.tan(math.radians(25.0))
-    torch.testing.assert_close(rig.intrinsics[0], torch.tensor([[focal, 0, 4.0], [0, focal, 3.0], [0, 0, 1.0]]))
+    expected = torch.tensor([[focal, 0, 4.0], [0, focal, 3.0], [0, 0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(rig.intrinsics[0].double(), expected, atol=0, rtol=2.0**-24)  # one float32 rounding
     # maps_at recomputes exactly (no resampling) at another size.
     assert torch.equal(rig.maps_at(12, 16), ((cams.plucker_rays(rig.c2w, 12, 16, 50.0) + 1) / 2).clamp(0, 1))
     assert rig.maps_at(6, 8) is rig.maps

@@ -114,22 +114,6 @@ def test_injection_blocks_errors():
         mg.injection_blocks([2, 2, 2], [0, 0])
 
 
-def test_step_gate_matches_a_loop():
-    sample_sigmas = torch.tensor([14.6, 9.0, 5.0, 2.0, 0.7, 0.0])
-    steps = len(sample_sigmas) - 1
-
-    def loop_index(sigma):
-        for i in range(steps):
-            if sample_sigmas[i] >= sigma > sample_sigmas[i + 1]:
-                return i
-        return steps
-
-    for sigma in [14.6, 12.0, 9.0, 8.999, 5.0, 3.0, 2.0, 0.7, 0.1]:
-        assert mg.step_index(torch.tensor([sigma, sigma]), sample_sigmas) == loop_index(sigma), sigma
-    assert [mg.is_active(i, 5, 0.5) for i in range(5)] == [True, True, False, False, False]  # int(2.5) = 2
-    assert all(mg.is_active(i, 5, 1.0) for i in range(5)) and not mg.is_active(0, 5, 0.0)
-
-
 def test_add_tiled_equals_repeat():
     h = torch.randn(12, 5, 3, 4)
     f = torch.randn(3, 5, 3, 4)

@@ -15,7 +15,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def upstream_preprocess(rgba: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The official recipe on an 8-bit RGBA array, written out with PIL/numpy (spec section 7)."""
+    """The official recipe on an 8-bit RGBA array, written out with PIL/numpy."""
     alpha = rgba[..., 3] > 0
     h_img, w_img = alpha.shape
     ys, xs = np.where(alpha)

@@ -1,4 +1,4 @@
-"""The SNR shift against diffusers' SDXL schedule and upstream's betas route (spec section 6)."""
+"""The SNR shift against diffusers' SDXL schedule and upstream's betas route."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def base_sigmas(sdxl_scheduler):
     return ((1 - abar) / abar) ** 0.5
 
 
-TABLE = {  # spec 6: t -> (base, interpolated, default), as printed there
+TABLE = {  # t -> (base, interpolated, default), MV-Adapter's shifted schedule as printed to 4-5 digits
     0: ("0.0292", "0.0292", "0.0825"),
     500: ("1.6183", "2.7230", "4.5772"),
     981: ("13.120", "36.421", "37.110"),

@@ -56,4 +56,14 @@ def test_anydoor_collage_example_returns_preview_hf_map_and_paste(host_server):
     np.testing.assert_array_equal(preview[:, 512:], shown)
 
     pasted = paste_back(scene / 255, out["collage"] / 255, out["info"], 3, "target_box", white=1.0)
-    np.testing.assert_array_equal(by_prefix["parallax/anydoor_pasted"], saved(pasted.permute(1, 2, 0)))
+    served = by_prefix["parallax/anydoor_pasted"]
+    np.testing.assert_array_equal(served, saved(pasted.permute(1, 2, 0)))
+    # Against the graph without PasteBack (the scene file itself): only the target box, shrunk by the
+    # 3-pixel margin where it meets the crop's edge, changes; the rest of the scene is bit-identical.
+    original = scene.permute(1, 2, 0).numpy().astype(np.uint8)
+    changed = (served != original).any(-1)
+    ty1, ty2, tx1, tx2 = out["info"].target_box
+    y1, y2, x1, x2 = out["info"].crop_box
+    box = np.zeros_like(changed)
+    box[max(ty1, y1 + 3) : min(ty2, y2 - 3), max(tx1, x1 + 3) : min(tx2, x2 - 3)] = True
+    assert not changed[~box].any() and changed[box].mean() > 0.5

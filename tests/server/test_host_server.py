@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import json
 
+import comfy.sample
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from examples import EXAMPLES, example_paths
 from host_server import PACK_NAME, PromptFailed, import_failures
+from parallax_testing import tiny_models
 from parallax_testing.tiny_models import ARCHES
 
 
@@ -35,12 +39,28 @@ def test_pack_and_fixture_nodes_are_registered(object_info):
     assert all(name.startswith("Parallax") and info["category"].startswith("Parallax/") for name, info in ours.items())
 
 
+@torch.inference_mode()  # as the server executes nodes
+def txt2img_in_process(arch: str, width: int = 256, height: int = 256) -> np.ndarray:
+    """txt2img_prompt's graph without a server: the same tiny checkpoint, the stock nodes' calls."""
+    ckpt = tiny_models.build_checkpoint(arch, 0)
+    positive, negative = (ckpt.clip.encode_from_tokens_scheduled(ckpt.clip.tokenize(t))
+                          for t in ("a wooden chair", "blurry"))
+    latent = comfy.sample.fix_empty_latent_channels(ckpt.model, torch.zeros(1, 4, height // 8, width // 8))
+    noise = comfy.sample.prepare_noise(latent, 7)
+    samples = comfy.sample.sample(ckpt.model, noise, 4, 5.0, "euler", "normal", positive, negative, latent,
+                                  denoise=1.0, disable_pbar=True, seed=7)
+    image = ckpt.vae.decode(samples)[0]
+    return np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)  # as SaveImage writes it
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_tiny_checkpoint_txt2img_through_the_server(host_server, arch):
+    """The served image is the one the same tiny checkpoint and graph give in-process."""
     result = host_server.run(txt2img_prompt(arch))
     assert [node for node, _ in result.images] == ["7"]
-    png = Image.open(io.BytesIO(host_server.view(result.images[0][1])))
-    assert png.size == (256, 256)
+    served = np.asarray(Image.open(io.BytesIO(host_server.view(result.images[0][1]))).convert("RGB"))
+    assert served.shape == (256, 256, 3)
+    np.testing.assert_array_equal(served, txt2img_in_process(arch))
 
 
 def test_a_bad_prompt_is_rejected_with_the_node_named(host_server):

@@ -1,0 +1,294 @@
+"""Every registered node rejects every wrong input with a NodeInputError naming its display name and the input.
+
+One valid set of inputs per node (hand-written below, tiny models built once) must execute; then each input
+in turn is replaced by wrong values for its socket type (text for tensors and models, a tensor for text,
+wrongly typed or out-of-range numbers, an unknown combo option). Node and input names come from the schemas.
+The second half checks the validation helpers themselves on a small node defined here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+
+import comfy.samplers
+import pytest
+import torch
+from comfy_api.internal import make_locked_method_func
+from comfy_api.latest import io
+from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+
+from parallax.nodes import CAPABILITIES
+from parallax.nodes.errors import NodeInputError
+from parallax.nodes.validation import checked_inputs, describe, display_name, node_schema, register_custom_type
+
+from model_folders import model_folder
+from parallax_testing import synth, tiny_models
+
+NODES = [node for module in CAPABILITIES for node in module.NODES]
+SCHEMAS = {node: node.GET_SCHEMA() for node in NODES}
+ADAPTER = "mvadapter_t2mv_sd21"
+FOLDER = "mvadapter"  # models/mvadapter, the loader's folder
+
+
+def by_id(node_id: str):
+    return next(node for node, schema in SCHEMAS.items() if schema.node_id == node_id)
+
+
+def fusion_run(ckpt, positive, negative) -> tuple:
+    """SaliencyNoiseFusion's masks filled by a short run, and the latent that run sampled."""
+    guider, masks = by_id("ParallaxSaliencyNoiseFusion").execute(
+        ckpt.model, positive, negative, ckpt.model.clone(), positive, negative, cfg=5.0, fusion_start=0.0,
+        fusion_end=1.0).args
+    sigmas = comfy.samplers.calculate_sigmas(ckpt.model.get_model_object("model_sampling"), "normal", 2)
+    latent = SamplerCustomAdvanced.execute(Noise_RandomNoise(0), guider, comfy.samplers.sampler_object("euler"),
+                                           sigmas, {"samples": torch.zeros(1, 4, 8, 8)})[0]
+    return masks, latent
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Tiny SD2.1 checkpoint, an SD2.1 t2mv adapter file in models/mvadapter, and the AnyDoor pieces."""
+    root = tmp_path_factory.mktemp("mvadapter")
+    synth.synthesize(ADAPTER, root / f"{ADAPTER}.safetensors", arch="sd21")
+    ckpt = tiny_models.build_checkpoint("sd21", 0)
+
+    def encode(text):
+        cond, pooled = ckpt.clip.encode_from_tokens(ckpt.clip.tokenize(text), return_pooled=True)
+        return [[cond, {"pooled_output": pooled}]]
+
+    scene, scene_mask = torch.rand(1, 64, 96, 3), torch.zeros(1, 64, 96)
+    scene_mask[:, 20:40, 30:60] = 1.0
+    obj, obj_mask = torch.rand(1, 48, 48, 3), torch.zeros(1, 48, 48)
+    obj_mask[:, 8:40, 12:36] = 1.0
+    positive, negative = encode("a chair"), encode("")
+    with model_folder(FOLDER, root):
+        adapter = by_id("ParallaxMVAdapterLoader").execute(adapter_name=f"{ADAPTER}.safetensors").args[0]
+        cameras = by_id("ParallaxCameraRaymap").execute(width=64, height=64).args[0]
+        masks, latent = fusion_run(ckpt, positive, negative)
+        yield SimpleNamespace(model=ckpt.model, adapter=adapter, cameras=cameras, positive=positive,
+                              negative=negative, scene=scene, scene_mask=scene_mask, object=obj,
+                              object_mask=obj_mask, masks=masks, latent=latent)
+
+
+def valid_inputs(node_id: str, env) -> dict:
+    """One valid set per node; optional inputs that exclude each other may be left out."""
+    if node_id == "ParallaxHighFreqMap":
+        return dict(image=torch.rand(2, 16, 16, 3), mask=torch.ones(1, 16, 16), working_size="native", erosion_size=5,
+                    erosion_iterations=2, threshold=50.0, quantize=True)
+    if node_id in ("ParallaxAnyDoorCollage", "ParallaxPasteBack"):
+        collage = dict(scene=env.scene, scene_mask=env.scene_mask, object=env.object, object_mask=env.object_mask,
+                       ratio_mode="fixed", crop_ratio=2.0, reference_ratio=1.2, shape_control=False, seed=0)
+        if node_id == "ParallaxAnyDoorCollage":
+            return collage
+        crop = by_id("ParallaxAnyDoorCollage").execute(**collage)[1]
+        return dict(scene=env.scene, generated=torch.rand(1, 64, 64, 3), crop=crop, margin=3, mode="target_box",
+                    match_official=False)
+    if node_id == "ParallaxMVAdapterLoader":
+        return dict(adapter_name=f"{ADAPTER}.safetensors", attention="row")
+    if node_id == "ParallaxMVAdapterPatch":  # a t2mv file: reference_latent stays unconnected
+        return dict(model=env.model, adapter=env.adapter, num_views=6, mv_scale=1.0, ref_scale=1.0)
+    if node_id == "ParallaxShiftSNR":
+        return dict(model=env.model, shift_scale=8.0, mode="interpolated")
+    if node_id == "ParallaxCameraRaymap":
+        return dict(rig="custom", azimuths="0, 90, 180", elevations="10", projection="perspective", fov=40.0,
+                    distance=1.8, width=16, height=8)
+    if node_id == "ParallaxMVReferenceImage":
+        return dict(image=torch.rand(1, 32, 24, 3), canvas_size=64, mask=torch.zeros(1, 32, 24),
+                    mask_type="background", scale=0.9, background=0.5)
+    if node_id == "ParallaxGeometryGuider":  # cameras or position + normal maps: the cameras here
+        return dict(model=env.model, adapter=env.adapter, strength=1.0, step_fraction=1.0,
+                    cameras=env.cameras)
+    if node_id == "ParallaxSaliencyNoiseFusion":
+        return dict(scene_model=env.model, scene_positive=env.positive, scene_negative=env.negative,
+                    subject_model=env.model, subject_positive=env.positive, subject_negative=env.negative, cfg=5.0,
+                    fusion_start=0.3, fusion_end=0.6, smoothing="box4_bilinear", scene_temperature=1.0,
+                    subject_temperature=1.0)
+    if node_id == "ParallaxSaliencyFusionMasks":
+        return dict(fusion_masks=env.masks, samples=env.latent, steps="fusion", upscale=8)
+    raise KeyError(f"no valid inputs written for {node_id}: add them to valid_inputs")
+
+
+def wrong_values(socket) -> list[tuple[str, object]]:
+    kind = str(socket.io_type)
+    if kind == "COMBO":
+        return [("unknown-option", "no-such-option")]
+    if kind in ("INT", "FLOAT"):
+        cases = [("text", "5"), ("bool", True)]
+        cases += [("fraction", 2.5)] if kind == "INT" else [("nan", float("nan"))]
+        step = 1 if kind == "INT" else 0.5
+        if socket.min is not None:
+            cases.append(("below-min", socket.min - step))
+        if socket.max is not None:
+            cases.append(("above-max", socket.max + step))
+        return cases
+    if kind == "BOOLEAN":
+        return [("text", "true"), ("int", 1)]
+    if kind == "STRING":
+        return [("tensor", torch.zeros(3)), ("int", 5)]
+    if kind == "IMAGE":
+        return [("text", "image.png"), ("3d-tensor", torch.rand(8, 8, 3)), ("int-tensor", torch.ones(1, 8, 8, 3,
+                                                                                                   dtype=torch.uint8))]
+    if kind == "MASK":
+        return [("text", "mask.png"), ("4d-tensor", torch.rand(1, 1, 8, 8))]
+    if kind == "LATENT":
+        return [("text", "latent"), ("bare-tensor", torch.rand(1, 4, 8, 8))]
+    return [("text", f"not a {kind}"), ("tensor", torch.rand(2, 2))]  # models, conditioning, pack sockets
+
+
+def wrong_cases() -> list:
+    cases = []
+    for node, schema in SCHEMAS.items():
+        for socket in schema.inputs:
+            for label, value in wrong_values(socket):
+                cases.append(pytest.param(node, socket.id, value, id=f"{schema.node_id}-{socket.id}-{label}"))
+    return cases
+
+
+def test_every_registered_node_is_covered():
+    assert {schema.node_id for schema in SCHEMAS.values()} >= {"ParallaxHighFreqMap", "ParallaxCameraRaymap"}
+    assert len({schema.node_id for schema in SCHEMAS.values()}) == len(NODES)
+
+
+@pytest.mark.parametrize("node", [pytest.param(n, id=s.node_id) for n, s in SCHEMAS.items()])
+def test_valid_inputs_execute(env, node):
+    schema = SCHEMAS[node]
+    inputs = valid_inputs(schema.node_id, env)
+    required = {s.id for s in schema.inputs if not s.optional}
+    assert required <= set(inputs) <= {s.id for s in schema.inputs}
+    out = node.execute(**inputs)
+    assert isinstance(out, io.NodeOutput) and len(out.args) == len(schema.outputs)
+
+
+@pytest.mark.parametrize("node", [pytest.param(n, id=s.node_id) for n, s in SCHEMAS.items()])
+def test_execute_is_checked(node):
+    assert getattr(node.execute, "__wrapped__", None) is not None, "execute lacks @checked_inputs"
+
+
+@pytest.mark.parametrize(("node", "input_id", "value"), wrong_cases())
+def test_wrong_input_names_the_node_and_the_input(env, node, input_id, value):
+    schema = SCHEMAS[node]
+    inputs = valid_inputs(schema.node_id, env)
+    inputs[input_id] = value
+    with pytest.raises(NodeInputError) as err:
+        node.execute(**inputs)
+    message = str(err.value)
+    assert message.startswith(f"{schema.display_name}: input '{input_id}'"), message
+    assert err.value.input_name == input_id and " got " in message and ". Fix: " in message
+
+
+# --------------------------------------------------------------------------------------------------
+# The helpers themselves, on a node defined here
+# --------------------------------------------------------------------------------------------------
+
+class Gadget:
+    pass
+
+
+GadgetSocket = io.Custom("PX_TEST_GADGET")
+register_custom_type(GadgetSocket, Gadget, expected="a gadget from Gadget Maker", fix="connect Gadget Maker")
+MODES = ["a", "b"]
+SCHEMA_BUILDS = []
+
+
+class Probe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        SCHEMA_BUILDS.append(1)
+        return io.Schema(
+            node_id="ParallaxTestProbe", display_name="Test Probe", category="Parallax/test",
+            inputs=[io.Image.Input("image"), io.Int.Input("count", default=2, min=1, max=4),
+                    io.Float.Input("amount", default=0.5, min=0.0, max=1.0), io.Combo.Input("mode", options=list(MODES)),
+                    GadgetSocket.Input("gadget", optional=True), io.Mask.Input("mask", optional=True)],
+            outputs=[io.Int.Output()])
+
+    @classmethod
+    @checked_inputs
+    def execute(cls, image, count=2, amount=0.5, mode="a", gadget=None, mask=None) -> io.NodeOutput:
+        return io.NodeOutput(count)
+
+
+IMAGE = torch.rand(1, 4, 4, 3)
+
+
+def test_signature_defaults_and_call_styles():
+    params = inspect.signature(Probe.execute).parameters
+    assert list(params) == ["image", "count", "amount", "mode", "gadget", "mask"]
+    assert params["count"].default == 2 and params["mask"].default is None
+    assert Probe.execute(IMAGE).args == (2,)
+    assert Probe.execute(IMAGE, 3, 0.25, "b").args == (3,)
+    assert Probe.execute(image=IMAGE, count=4, gadget=Gadget(), mask=torch.ones(4, 4)).args == (4,)
+    with pytest.raises(TypeError):
+        Probe.execute(IMAGE, unknown=1)
+
+
+def test_default_messages_per_socket_type():
+    with pytest.raises(NodeInputError) as err:
+        Probe.execute("photo.png")
+    assert str(err.value) == ("Test Probe: input 'image' expected an IMAGE (a [batch, height, width, channels] "
+                              "tensor), got the text 'photo.png'. Fix: connect an IMAGE output such as Load Image.")
+    with pytest.raises(NodeInputError) as err:
+        Probe.execute(IMAGE, count=5)
+    assert str(err.value) == ("Test Probe: input 'count' expected a whole number from 1 to 4, got int 5. "
+                              "Fix: enter a value from 1 to 4.")
+    with pytest.raises(NodeInputError, match="input 'count' expected a whole number from 1 to 4, got bool True"):
+        Probe.execute(IMAGE, count=True)
+    with pytest.raises(NodeInputError, match="input 'amount' expected a number from 0.0 to 1.0, got float nan"):
+        Probe.execute(IMAGE, amount=float("nan"))
+    assert Probe.execute(IMAGE, amount=1).args == (2,)  # an int is a valid FLOAT
+    with pytest.raises(NodeInputError, match=r"input 'mode' expected one of \['a', 'b'\], got 'c'"):
+        Probe.execute(IMAGE, mode="c")
+    with pytest.raises(NodeInputError, match=r"input 'mask' expected a MASK .* got a float32 tensor of shape "
+                                             r"\[1, 1, 4, 4\]"):
+        Probe.execute(IMAGE, mask=torch.ones(1, 1, 4, 4))
+    with pytest.raises(NodeInputError, match="input 'image' expected an IMAGE .* got nothing"):
+        Probe.execute(None)
+
+
+def test_custom_types_use_the_registered_class_and_messages():
+    with pytest.raises(NodeInputError) as err:
+        Probe.execute(IMAGE, gadget=torch.zeros(2))
+    assert str(err.value) == ("Test Probe: input 'gadget' expected a gadget from Gadget Maker, got a float32 tensor "
+                              "of shape [2]. Fix: connect Gadget Maker.")
+
+    class Unregistered(io.ComfyNode):
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(node_id="ParallaxTestUnregistered", category="Parallax/test",
+                             inputs=[io.Custom("PX_TEST_UNKNOWN").Input("thing")], outputs=[])
+
+        @classmethod
+        @checked_inputs
+        def execute(cls, thing) -> io.NodeOutput:
+            return io.NodeOutput()
+
+    with pytest.raises(TypeError, match="register_custom_type"):
+        Unregistered.execute(Gadget())
+
+
+def test_runs_on_the_locked_clone_comfyui_executes_and_builds_the_schema_once():
+    Probe.execute(IMAGE)
+    builds = len(SCHEMA_BUILDS)
+    run = make_locked_method_func(Probe, "EXECUTE_NORMALIZED", Probe.PREPARE_CLASS_CLONE({}))
+    assert run(image=IMAGE, count=3).args == (3,)
+    with pytest.raises(NodeInputError, match="^Test Probe: input 'count'"):
+        run(image=IMAGE, count=0)
+    assert len(SCHEMA_BUILDS) == builds
+    assert display_name(Probe) == "Test Probe"
+
+
+def test_combo_options_are_reread_when_they_change():
+    MODES.append("c")  # e.g. a model file added to its folder while the server runs
+    try:
+        assert Probe.execute(IMAGE, mode="c").args == (2,)
+    finally:
+        MODES.remove("c")
+        node_schema(Probe, refresh=True)
+
+
+def test_describe_is_short():
+    assert describe(torch.zeros(2, 3, dtype=torch.float16)) == "a float16 tensor of shape [2, 3]"
+    assert describe("x" * 50) == f"the text {'x' * 40!r}..."
+    assert describe({"samples": 1}) == "a dict with keys ['samples']"
+    assert describe([1, 2]) == "a list of 2 items" and describe(Gadget()) == "a Gadget"
+    assert describe(2.5) == "float 2.5" and describe(None) == "nothing (None)"
