@@ -51,7 +51,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for tier in TIERS:
         c = counts[tier]
         detail = ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
-        terminalreporter.write_line(f"{tier:9s} ComfyUI {version:8s} {detail}" if c else f"{tier:9s} not run")
+        host = f"ComfyUI {version:8s} " if tier in ("host", "server") else ""
+        terminalreporter.write_line(f"{tier:9s} {host}{detail}" if c else f"{tier:9s} not run")
     # Parity tests record their measured relative error: show the worst per test function.
     parity: dict[str, tuple[float, str]] = {}
     for report in terminalreporter.stats.get("passed", []):

@@ -28,22 +28,9 @@ UNETS = {"saliency_fusion": "BaseModel"}  # the model_base class of each graph's
 _BASELINE: dict[str, dict[str, list[np.ndarray]]] = {}
 
 
-def smaller(prompt: dict) -> dict:
-    """The graph unchanged but cheaper: 128 px latents, 2 steps, a 128 px reference image."""
-    for node in prompt.values():
-        inputs = node["inputs"]
-        if node["class_type"].startswith("Empty") and "width" in inputs:
-            inputs["width"], inputs["height"] = 128, 128
-        if isinstance(inputs.get("steps"), int):
-            inputs["steps"] = 2
-        if isinstance(inputs.get("canvas_size"), int):
-            inputs["canvas_size"] = 128
-    return prompt
-
-
 def run_graph(server: HostServer, name: str) -> dict[str, list[np.ndarray]]:
     """Every image the graph returns (saved and previewed), by node id, in order."""
-    _, result = examples.run_tiny(server, name, smaller)
+    _, result = examples.run_tiny(server, name, examples.cheaper)
     images: dict[str, list[np.ndarray]] = {}
     for node_id, image in result.images:
         images.setdefault(node_id, []).append(np.asarray(Image.open(io.BytesIO(server.view(image)))))

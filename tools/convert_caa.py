@@ -1,0 +1,316 @@
+"""Convert MVDiffusion's published ``pano.ckpt`` / ``pano_outpaint.ckpt`` into a CAA-only safetensors file.
+
+    python -m tools.convert_caa pano.ckpt mvdiffusion_pano_caa.safetensors [--fp16] [--force]
+    python tools/convert_caa.py pano_outpaint.ckpt mvdiffusion_pano_outpaint_caa.safetensors --fp16
+
+Run from the pack folder. The checkpoint is a PyTorch-Lightning pickle; it is read with the pack's
+restricted unpickler, which never runs pickled code and refuses the file if the pickle names anything
+but plain tensor data. Only the ``mv_base_model.cp_blocks_*`` tensors are read from the (multi-GB) file;
+they are checked against the nine-block layout and written with the prefix stripped. ``--fp16`` halves
+the file; the positional-encoding frequencies (up to ~1.7e9) always stay float32.
+
+Exit codes: 0 converted, 2 bad arguments, 3 input unreadable or refused, 4 not the CAA layout,
+5 output exists (without --force) or cannot be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+log = logging.getLogger("parallax")
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_LAYOUT, EXIT_OUTPUT = 0, 2, 3, 4, 5
+_SCRIPT_PACKAGE = "_parallax_tools_pack"
+
+
+def _pack_modules() -> tuple[ModuleType, ModuleType]:
+    """The pack's ``core.safe_pickle`` and ``kernels.caa_layout``, inside the pack or run as a script.
+
+    As a script (or ``-m tools.convert_caa``) ``tools`` has no parent package, so the pack folder is
+    registered under a private name; its ``__init__`` only defines the ComfyUI entry point.
+    """
+    if __package__ and "." in __package__:
+        from ..core import safe_pickle
+        from ..kernels import caa_layout
+
+        return safe_pickle, caa_layout
+    if _SCRIPT_PACKAGE not in sys.modules:
+        root = Path(__file__).resolve().parent.parent
+        spec = importlib.util.spec_from_file_location(
+            _SCRIPT_PACKAGE, root / "__init__.py", submodule_search_locations=[str(root)]
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load the pack at {root}")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[_SCRIPT_PACKAGE] = package
+        spec.loader.exec_module(package)
+    return (
+        importlib.import_module(f"{_SCRIPT_PACKAGE}.core.safe_pickle"),
+        importlib.import_module(f"{_SCRIPT_PACKAGE}.kernels.caa_layout"),
+    )
+
+
+safe_pickle, caa_layout = _pack_modules()
+
+
+class ConversionError(Exception):
+    """A conversion that cannot go ahead for a reason outside the checkpoint (the output path, arguments)."""
+
+    exit_code = EXIT_OUTPUT
+
+
+class OutputExistsError(ConversionError):
+    pass
+
+
+class UsageError(ConversionError):
+    exit_code = EXIT_USAGE
+
+
+@dataclass
+class GroupStats:
+    """Tensors (and their bytes) of one part of the checkpoint."""
+
+    tensors: int = 0
+    bytes: int = 0
+
+    def add(self, tensor: Any) -> None:
+        self.tensors += 1
+        self.bytes += tensor.nbytes
+
+
+@dataclass
+class ConversionSummary:
+    source: str
+    output: str
+    variant: str | None
+    fp16: bool
+    kept: GroupStats
+    written_bytes: int
+    dropped: dict[str, GroupStats] = field(default_factory=dict)
+
+    def report(self) -> str:
+        precision = "fp16 (pe.freq_bands fp32)" if self.fp16 else "source precision"
+        lines = [
+            f"{os.path.basename(self.source)} -> {self.output}",
+            f"  variant: {self.variant or 'unknown'}; {precision}",
+            f"  kept: {self.kept.tensors} CAA tensors, {_size(self.kept.bytes)} read, {_size(self.written_bytes)} "
+            "written",
+            "  dropped:",
+        ]
+        for group, stats in sorted(self.dropped.items(), key=lambda item: (-item[1].bytes, item[0])):
+            plural = "" if stats.tensors == 1 else "s"
+            detail = f"{stats.tensors} tensor{plural}, {_size(stats.bytes)}" if stats.tensors else "no tensors"
+            lines.append(f"    {group}: {detail}")
+        return "\n".join(lines)
+
+
+def _size(nbytes: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB")
+    step = 0
+    while nbytes >= 1024 and step < len(units) - 1:
+        nbytes, step = nbytes / 1024, step + 1
+    return f"{nbytes:.0f} B" if step == 0 else f"{nbytes:.1f} {units[step]}"
+
+
+def _group(key: str) -> str:
+    """``mv_base_model.unet.conv_in.weight`` -> ``unet``; ``vae.decoder...`` -> ``vae``."""
+    if key.startswith(caa_layout.CHECKPOINT_PREFIX):
+        key = key[len(caa_layout.CHECKPOINT_PREFIX) :]
+    return key.split(".", 1)[0]
+
+
+def partition(tree: object, state: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, GroupStats]]:
+    """Converted name -> lazy CAA tensor, and the statistics of everything else, per top-level group."""
+    kept: dict[str, Any] = {}
+    dropped: dict[str, GroupStats] = {}
+    for key, tensor in state.items():
+        name = caa_layout.caa_key(key)
+        if name is None:
+            dropped.setdefault(_group(key), GroupStats()).add(tensor)
+        elif name in kept:
+            raise caa_layout.CAALayoutError(
+                source, [f"{name} appears both with and without the 'mv_base_model.' prefix"]
+            )
+        else:
+            kept[name] = tensor
+    if isinstance(tree, Mapping) and isinstance(tree.get("state_dict"), Mapping):
+        for entry, value in tree.items():
+            if entry != "state_dict":
+                stats = dropped.setdefault(str(entry), GroupStats())
+                for _, tensor in safe_pickle.iter_tensors(value):
+                    stats.add(tensor)
+    if not kept:
+        raise caa_layout.CAALayoutError(
+            source,
+            [f"none of its {len(state)} state-dict tensors is named 'mv_base_model.cp_blocks_*'"],
+            headline=f"{source} holds no MVDiffusion CAA blocks (a plain Stable Diffusion checkpoint?)",
+        )
+    return kept, dropped
+
+
+def detect_variant(name: str, state: Mapping[str, Any]) -> str | None:
+    """pano / pano_outpaint from the UNet's input width (4 or 9 channels), else from the file name."""
+    lower = name.lower()
+    by_name = "pano_outpaint" if "outpaint" in lower else "pano" if "pano" in lower else None
+    by_content = None
+    for key in ("mv_base_model.unet.conv_in.weight", "unet.conv_in.weight"):
+        shape = tuple(getattr(state.get(key), "shape", ()))
+        if len(shape) == 4:
+            by_content = {4: "pano", 9: "pano_outpaint"}.get(shape[1])
+    if by_content and by_name and by_content != by_name:
+        log.warning(
+            "%s: the name says %s but the UNet input says %s; recording %s", name, by_name, by_content, by_content
+        )
+    return by_content or by_name
+
+
+def _caster(fp16: bool) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    def cast(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if key.endswith(caa_layout.FREQ_BANDS):
+            return tensor.to(torch.float32)  # frequencies reach ~1.7e9: fp16 would turn them into inf
+        if fp16 and tensor.is_floating_point():
+            return tensor.to(torch.float16)
+        return tensor
+
+    return cast
+
+
+def _check_paths(src: Path, dst: Path, force: bool) -> None:
+    if dst.suffix.lower() not in (".safetensors", ".sft"):
+        raise UsageError(f"the output {dst} must end in .safetensors")
+    if dst.is_dir():
+        raise ConversionError(f"the output {dst} is a folder")
+    if not dst.parent.is_dir():
+        raise ConversionError(f"the output folder {dst.parent} does not exist")
+    if dst.exists():
+        if src.exists() and os.path.samefile(src, dst):
+            raise UsageError(f"the output {dst} is the input checkpoint")
+        if not force:
+            raise OutputExistsError(f"{dst} exists; pass --force to overwrite it")
+
+
+def _write(tensors: dict[str, torch.Tensor], dst: Path, metadata: dict[str, str], force: bool) -> int:
+    """Write next to ``dst`` and move into place, so a failed write never leaves a partial output."""
+    partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    try:
+        save_file(tensors, str(partial), metadata=metadata)
+        if dst.exists() and not force:
+            raise OutputExistsError(f"{dst} appeared while converting; pass --force to overwrite it")
+        os.replace(partial, dst)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return dst.stat().st_size
+
+
+def convert(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    fp16: bool = False,
+    force: bool = False,
+    channels: Mapping[str, int] | None = None,
+) -> ConversionSummary:
+    """Write the CAA blocks of ``source`` (a Lightning checkpoint or state dict) to ``output``.
+
+    ``channels`` overrides the published block widths (block name -> width; tests use narrow blocks).
+    Raises ``safe_pickle.CheckpointError`` (unreadable or refused input), ``caa_layout.CAALayoutError``
+    (missing, extra or misshaped blocks) or ``ConversionError`` (output path).
+    """
+    src, dst = Path(source), Path(output)
+    _check_paths(src, dst, force)
+    with safe_pickle.open_checkpoint(src) as checkpoint:
+        state = checkpoint.state_dict()
+        kept, dropped = partition(checkpoint.tree, state, src.name)
+        caa_layout.check_caa_layout(kept, channels, source=src.name)
+        variant = detect_variant(src.name, state)
+        log.info("%s: reading %d CAA tensors, skipping %d others", src.name, len(kept), len(state) - len(kept))
+        tensors = safe_pickle.load_tensors(kept, _caster(fp16))
+    metadata = {
+        "format": caa_layout.FORMAT,
+        "format_version": caa_layout.FORMAT_VERSION,
+        "source": src.name,
+    }
+    if variant:
+        metadata["variant"] = variant
+    written = _write(tensors, dst, metadata, force)
+    stats = GroupStats()
+    for lazy in kept.values():
+        stats.add(lazy)
+    summary = ConversionSummary(str(src), str(dst), variant, fp16, stats, written, dropped)
+    log.info("%s: wrote %d tensors (%d bytes) to %s", src.name, stats.tensors, written, dst)
+    for group, group_stats in sorted(dropped.items()):
+        log.info("%s: dropped %s: %d tensors, %d bytes", src.name, group, group_stats.tensors, group_stats.bytes)
+    return summary
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convert_caa",
+        description="Extract MVDiffusion's CAA blocks from pano.ckpt / pano_outpaint.ckpt into safetensors, "
+        "without running any pickled code.",
+    )
+    parser.add_argument("input", help="the published Lightning checkpoint (.ckpt)")
+    parser.add_argument("output", help="the .safetensors file to write")
+    parser.add_argument("--fp16", action="store_true", help="store weights as fp16 (pe.freq_bands stays fp32)")
+    parser.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    parser.add_argument(
+        "--channels",
+        type=_widths,
+        help="nine block widths (encoder 0-3, mid, decoder 0-3) instead of the published "
+        "320,640,1280,1280,1280,1280,1280,640,320",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        channels = caa_layout.channels_from_list(args.channels) if args.channels else None
+    except ValueError as err:
+        parser.error(f"--channels: {err}")
+    try:
+        summary = convert(args.input, args.output, fp16=args.fp16, force=args.force, channels=channels)
+    except safe_pickle.CheckpointError as err:
+        return _fail(err, EXIT_INPUT)
+    except caa_layout.CAALayoutError as err:
+        return _fail(err, EXIT_LAYOUT)
+    except ConversionError as err:
+        return _fail(err, err.exit_code)
+    except OSError as err:
+        return _fail(f"cannot write {args.output}: {err.strerror or err}", EXIT_OUTPUT)
+    print(summary.report())
+    return EXIT_OK
+
+
+def _fail(message: object, code: int) -> int:
+    print(f"convert_caa: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
