@@ -30,12 +30,10 @@ import statistics
 import sys
 import tempfile
 import time
-import weakref
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT / "tests", ROOT / "devtools" / "custom_nodes"):
+for p in (ROOT / "bench", ROOT / "tests", ROOT / "devtools" / "custom_nodes"):
     sys.path.insert(0, str(p))
 
 import comfy_env  # noqa: E402
@@ -43,8 +41,6 @@ import comfy_env  # noqa: E402
 comfy_env.activate()
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 comfy_env.register_pack()
@@ -53,6 +49,7 @@ import comfy.ldm.modules.attention  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.samplers  # noqa: E402
 import comfy.utils  # noqa: E402
+from live_bytes import LiveBytes  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from parallax import compat  # noqa: E402
@@ -63,45 +60,6 @@ from parallax_testing import tiny_models  # noqa: E402
 from parallax_testing.synth_mv_adapter import write_adapter  # noqa: E402
 
 # ---- memory: live tensor bytes -------------------------------------------------------------------
-
-class LiveBytes(TorchDispatchMode):
-    """Bytes of every storage allocated by an aten op while the mode is active, until it is freed."""
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict[int, int] = {}
-        self.current = 0
-        self.peak = 0
-        self.regions: list[list[int]] = []  # [start, peak] of open regions
-
-    def _free(self, key: int) -> None:
-        self.current -= self.live.pop(key, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if storage.nbytes() and key not in self.live:
-                    self.live[key] = storage.nbytes()
-                    self.current += storage.nbytes()
-                    weakref.finalize(storage, self._free, key)
-        self.peak = max(self.peak, self.current)
-        for region in self.regions:
-            region[1] = max(region[1], self.current)
-        return out
-
-    @contextmanager
-    def region(self, sink: list[int]):
-        entry = [self.current, self.current]
-        self.regions.append(entry)
-        try:
-            yield
-        finally:
-            self.regions.remove(entry)
-            sink.append(entry[1] - entry[0])
-
 
 TRACKER: LiveBytes | None = None
 BRANCH_PEAKS: list[int] = []

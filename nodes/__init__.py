@@ -9,6 +9,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import (
     anydoor_collage,
+    caa,
+    equirect,
     high_freq_map,
     mv_adapter,
     mv_adapter_loader,
@@ -19,7 +21,7 @@ from . import (
 )
 
 CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter_loader, mv_adapter, shift_snr, mv_cameras, mv_geometry,
-                saliency_fusion)
+                saliency_fusion, caa, equirect)
 
 
 class ParallaxExtension(ComfyExtension):

@@ -19,7 +19,7 @@ from .. import compat
 from ..core import patches, runs
 from ..core.weights import cached_module
 from ..kernels.mv_adapter_layout import BASE_LABELS, GUIDER_SLOT_PREFIX, MVAdapterFile, planned_view_counts
-from ..kernels.mv_cameras import CameraSet
+from ..kernels.mv_cameras import PANORAMA_RIG, CameraSet
 from ..kernels.mv_guider import (
     LATENT_SCALE,
     REFERENCE_PASS_KEY,
@@ -248,6 +248,10 @@ class GeometryGuider(io.ComfyNode):
             raise NodeInputError(DISPLAY_NAME, "cameras", "either cameras or position + normal maps",
                                  "both", "disconnect one of them")
         if cameras is not None:
+            if cameras.rig == PANORAMA_RIG:
+                raise NodeInputError(DISPLAY_NAME, "cameras", "an object-centred rig from Camera Raymap",
+                                     "a panorama rig (Panorama Cameras)", "connect Camera Raymap's cameras; "
+                                     "panorama rigs are for CAA Patch")
             control, num_views = cameras.maps, cameras.num_views
             if adapter.attention == "rowcol":
                 raise NodeInputError(DISPLAY_NAME, "cameras", "position_maps and normal_maps for a geometry model "

@@ -24,6 +24,19 @@ def seeded(shape, seed):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
+def tiny_model_and_prompts(arch: str, positive: str, negative: str):
+    """A tiny checkpoint's ModelPatcher and its two encoded prompts (CONDITIONING lists)."""
+    from parallax_testing import tiny_models
+
+    ckpt = tiny_models.build_checkpoint(arch, 0)
+
+    def encode(text):
+        cond, pooled = ckpt.clip.encode_from_tokens(ckpt.clip.tokenize(text), return_pooled=True)
+        return [[cond, {"pooled_output": pooled}]]
+
+    return ckpt.model, encode(positive), encode(negative)
+
+
 def bind(args, kwargs, names):
     out = dict(zip(names, args))
     out.update({k: v for k, v in kwargs.items()})

@@ -8,19 +8,12 @@ import pytest
 import torch
 
 from cond_batching import force_cond_batching
-from mv_reference import predict, seeded
-from parallax_testing import tiny_models
+from mv_reference import predict, seeded, tiny_model_and_prompts
 
 
 @pytest.fixture(scope="module")
 def sd15():
-    ckpt = tiny_models.build_checkpoint("sd15", 0)
-
-    def encode(text):
-        cond, pooled = ckpt.clip.encode_from_tokens(ckpt.clip.tokenize(text), return_pooled=True)
-        return [[cond, {"pooled_output": pooled}]]
-
-    return ckpt.model, encode("a red chair"), encode("blurry")
+    return tiny_model_and_prompts("sd15", "a red chair", "blurry")
 
 
 def one_step(model, positive, negative):

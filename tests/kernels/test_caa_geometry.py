@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from parallax.kernels import caa_geometry as geo
 from parallax.kernels.caa_block import sample_neighbours
 
+from caa_reference import bilinear
+
 PANO_YAWS = tuple(45.0 * i for i in range(8))
 
 
@@ -53,18 +55,6 @@ class NaiveCamera:
         return self.f * cam[0] / with_z + self.cx, self.f * cam[1] / with_z + self.cy
 
 
-def naive_bilinear(feat: torch.Tensor, fx: float, fy: float) -> torch.Tensor:
-    """feat [C, h, w] at feature coordinates (fx, fy), integer pixel centres, zero outside."""
-    _, h, w = feat.shape
-    x0, y0 = math.floor(fx), math.floor(fy)
-    out = torch.zeros(feat.shape[0], dtype=torch.float64)
-    for yy, wy in ((y0, 1 - (fy - y0)), (y0 + 1, fy - y0)):
-        for xx, wx in ((x0, 1 - (fx - x0)), (x0 + 1, fx - x0)):
-            if 0 <= xx < w and 0 <= yy < h:
-                out += wx * wy * feat[:, yy, xx].double()
-    return out
-
-
 def naive_level(h, w, height, width, yaws, pitches, fov, features=None):
     """Per view i, neighbour n (i-1, i+1), offset (dx outer, dy), pixel (v, u): target feature coordinate,
     strict-mask margin, displacement and the bilinear sample of the neighbour's features, all float64."""
@@ -90,7 +80,7 @@ def naive_level(h, w, height, width, yaws, pitches, fov, features=None):
                         margin[i, n, k, v, u] = min(xp, width - xp, yp, height - yp)
                         disp[i, n, k, v, u] = torch.tensor([(xb - xs) / sx, (yb - ys) / sy], dtype=torch.float64)
                         if features is not None:
-                            sampled[i, n, k, v, u] = naive_bilinear(features[j], fx, fy)
+                            sampled[i, n, k, v, u] = bilinear(features[j], fx, fy)
     return coord, margin, disp, sampled
 
 
