@@ -10,7 +10,7 @@ random CAA blocks at its widths, 8 views with CFG (batch 16):
 - the CAA block alone at level 0 for latents 32^2 .. 96^2: its peak live bytes, which the chunked gather
   keeps bounded by the chunk size instead of growing with the number of pixels.
 
-    .venv/bin/python bench/bench_caa.py [--channels 64] [--latent 32] [--steps 3]
+    .venv/bin/python bench/bench_caa.py [--channels 64] [--latent 32] [--steps 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def main(argv=None) -> int:
     parser.add_argument("--channels", type=int, default=64, help="model channels (SD2: 320)")
     parser.add_argument("--latent", type=int, default=32, help="latent side (SD2 at 512 px: 64)")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared machine)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = build_unet(args.channels)
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,6 +29,7 @@ NODES = [node for module in CAPABILITIES for node in module.NODES]
 SCHEMAS = {node: node.GET_SCHEMA() for node in NODES}
 ADAPTER = "mvadapter_t2mv_sd21"
 FOLDER = "mvadapter"  # models/mvadapter, the loader's folder
+CAA = "mvdiffusion_pano_caa"  # in models/caa
 
 
 def by_id(node_id: str):
@@ -62,13 +63,17 @@ def env(tmp_path_factory):
     obj, obj_mask = torch.rand(1, 48, 48, 3), torch.zeros(1, 48, 48)
     obj_mask[:, 8:40, 12:36] = 1.0
     positive, negative = encode("a chair"), encode("")
-    with model_folder(FOLDER, root):
+    caa_root = tmp_path_factory.mktemp("caa")
+    synth.synthesize(CAA, caa_root / f"{CAA}.safetensors", arch="sd21")
+    with model_folder(FOLDER, root), model_folder("caa", caa_root):
         adapter = by_id("ParallaxMVAdapterLoader").execute(adapter_name=f"{ADAPTER}.safetensors").args[0]
         cameras = by_id("ParallaxCameraRaymap").execute(width=64, height=64).args[0]
+        caa = by_id("ParallaxCAALoader").execute(caa_name=f"{CAA}.safetensors").args[0]
+        rig = by_id("ParallaxPanoramaCameras").execute(views=4, width=64, height=64).args[0]
         masks, latent = fusion_run(ckpt, positive, negative)
         yield SimpleNamespace(model=ckpt.model, adapter=adapter, cameras=cameras, positive=positive,
                               negative=negative, scene=scene, scene_mask=scene_mask, object=obj,
-                              object_mask=obj_mask, masks=masks, latent=latent)
+                              object_mask=obj_mask, masks=masks, latent=latent, caa=caa, rig=rig)
 
 
 def valid_inputs(node_id: str, env) -> dict:
@@ -106,6 +111,14 @@ def valid_inputs(node_id: str, env) -> dict:
                     subject_temperature=1.0)
     if node_id == "ParallaxSaliencyFusionMasks":
         return dict(fusion_masks=env.masks, samples=env.latent, steps="fusion", upscale=8)
+    if node_id == "ParallaxPanoramaCameras":
+        return dict(views=4, fov=90.0, start_yaw=10.0, yaws="", pitches="0", width=64, height=64)
+    if node_id == "ParallaxCAALoader":
+        return dict(caa_name=f"{CAA}.safetensors")
+    if node_id == "ParallaxCAAPatch":
+        return dict(model=env.model, caa=env.caa, cameras=env.rig, strength=1.0)
+    if node_id == "ParallaxEquirectStitch":
+        return dict(views=torch.rand(4, 64, 64, 3), cameras=env.rig, height=64, width=128, crop=True)
     raise KeyError(f"no valid inputs written for {node_id}: add them to valid_inputs")
 
 
