@@ -19,6 +19,7 @@ from parallax.nodes.equirect import EquirectStitch
 from parallax.nodes.errors import NodeInputError
 from parallax.nodes.mv_adapter_loader import load_adapter
 from parallax.nodes.mv_geometry import GeometryGuider
+from parallax.tools.convert_caa import convert
 
 from caa_reference import naive_block
 from cond_batching import force_cond_batching
@@ -234,3 +235,24 @@ def test_stitch_takes_whole_rigs_and_returns_the_cropped_band():
     assert coverage.shape == pano.shape[:3] and bool((coverage == 1).all())
     with pytest.raises(NodeInputError, match="Equirect Stitch.*whole rigs"):
         EquirectStitch.execute(views=views[:7], cameras=cameras, height=128, width=256)
+
+
+@torch.no_grad()
+def test_a_lightning_checkpoint_converts_into_a_file_the_patch_uses(files, tmp_path, sd21, monkeypatch):
+    """The published layout (``mv_base_model.cp_blocks_*`` among UNet/VAE tensors, in a torch zip pickle)
+    -> tools/convert_caa.py -> CAA Loader: the same blocks, and the same patched prediction."""
+    blocks = load_file(str(files["random"]))
+    checkpoint = {"state_dict": {**{f"mv_base_model.{k}": v for k, v in blocks.items()},
+                                 "mv_base_model.unet.conv_in.weight": torch.randn(32, 4, 3, 3),
+                                 "vae.decoder.conv_out.weight": torch.randn(3, 32, 3, 3)},
+                  "epoch": 9, "global_step": 1000}
+    torch.save(checkpoint, tmp_path / "pano.ckpt")
+    out = tmp_path / "mvdiffusion_pano_caa.safetensors"
+    convert(tmp_path / "pano.ckpt", out, channels=WIDTHS)
+    converted = load_file(str(out))
+    assert converted.keys() == blocks.keys() and all(torch.equal(converted[k], blocks[k]) for k in blocks)
+    model, positive, negative = sd21
+    force_cond_batching(monkeypatch, "batched")
+    ours, _ = x0(patched(model, out), positive, negative, size=8)
+    want, _ = x0(patched(model, files["random"]), positive, negative, size=8)
+    assert torch.equal(ours, want)
