@@ -24,8 +24,8 @@ def seeded(shape, seed):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def tiny_model_and_prompts(arch: str, positive: str, negative: str):
-    """A tiny checkpoint's ModelPatcher and its two encoded prompts (CONDITIONING lists)."""
+def tiny_encoder(arch: str):
+    """A tiny checkpoint's ModelPatcher and a text -> CONDITIONING encoder for it."""
     from parallax_testing import tiny_models
 
     ckpt = tiny_models.build_checkpoint(arch, 0)
@@ -34,7 +34,13 @@ def tiny_model_and_prompts(arch: str, positive: str, negative: str):
         cond, pooled = ckpt.clip.encode_from_tokens(ckpt.clip.tokenize(text), return_pooled=True)
         return [[cond, {"pooled_output": pooled}]]
 
-    return ckpt.model, encode(positive), encode(negative)
+    return ckpt.model, encode
+
+
+def tiny_model_and_prompts(arch: str, positive: str, negative: str):
+    """A tiny checkpoint's ModelPatcher and its two encoded prompts (CONDITIONING lists)."""
+    model, encode = tiny_encoder(arch)
+    return model, encode(positive), encode(negative)
 
 
 def bind(args, kwargs, names):

@@ -24,7 +24,7 @@ from parallax.tools.convert_caa import convert
 from caa_reference import naive_block
 from cond_batching import force_cond_batching
 from model_folders import model_folder
-from mv_reference import predict, seeded, tiny_model_and_prompts
+from mv_reference import predict, seeded, tiny_encoder, tiny_model_and_prompts
 from parallax_testing import synth, tiny_models
 
 BASE = tiny_models.MODEL_CHANNELS
@@ -256,3 +256,26 @@ def test_a_lightning_checkpoint_converts_into_a_file_the_patch_uses(files, tmp_p
     ours, _ = x0(patched(model, out), positive, negative, size=8)
     want, _ = x0(patched(model, files["random"]), positive, negative, size=8)
     assert torch.equal(ours, want)
+
+
+@torch.no_grad()
+def test_per_view_prompts_keep_parity_and_reach_their_views(sd21, files, monkeypatch):
+    """A conditioning batch of one prompt per view: the host hands view i prompt i, the patch keeps parity."""
+    model, positive, negative = sd21
+    texts = [f"view {i}: a {thing}" for i, thing in enumerate(("sofa", "window", "fireplace", "bookshelf"))]
+    encode = tiny_encoder("sd21")[1]
+    per_view = [[torch.cat([encode(t)[0][0] for t in texts]), {}]]
+    force_cond_batching(monkeypatch, "batched")
+    ours, calls = x0(patched(model, files["random"]), per_view, negative, size=8)
+    first = calls[0]["cond_or_uncond"].index(0)  # the positive chunk's place in the batched call
+    context = calls[0]["context"][first * len(texts):(first + 1) * len(texts)]
+    assert all(torch.equal(context[i], per_view[0][0][i]) for i in range(len(texts)))
+    handles = reference_hooks(model, files["random"], [90.0 * i for i in range(VIEWS)], 64)
+    try:
+        want, _ = x0(model, per_view, negative, size=8)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ((ours - want).norm() / want.norm()).item() <= 1e-5
+    single, _ = x0(patched(model, files["random"]), positive, negative, size=8)
+    assert not torch.allclose(ours, single)
