@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .caa_geometry import intrinsics as pinhole_intrinsics
+from .caa_geometry import rotation as panorama_rotation
 from .mv_adapter_layout import MAX_VIEWS
 
 PROJECTIONS = ("orthographic", "perspective")
@@ -278,20 +280,18 @@ def panorama_camera_set(yaws: Sequence[float] = PANORAMA_YAWS, pitches: Sequence
     """A panorama rig: perspective cameras at the origin, view i turned ``yaws[i]`` degrees to the right
     of view 0 and ``pitches[i]`` up. ``azimuths``/``elevations`` carry the yaws/pitches; ``c2w`` is
     MVDiffusion's rotation (R_pitch about the turned x axis after R_yaw) in this module's Z-up world."""
-    from .caa_geometry import intrinsics, rotation
-
     yaws, pitches = broadcast_angles(yaws, pitches)
     if not 0.0 < fov < 180.0:
         raise ValueError(f"field of view must be in (0, 180) degrees, got {fov:g}")
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))  # OpenCV -> OpenGL camera axes
     c2w = torch.zeros(len(yaws), 4, 4, dtype=torch.float64)
     for i, (yaw, pitch) in enumerate(zip(yaws, pitches)):
-        c2w[i, :3, :3] = _CV_TO_Z_UP @ rotation(yaw, pitch).double() @ flip
+        c2w[i, :3, :3] = _CV_TO_Z_UP @ panorama_rotation(yaw, pitch).double() @ flip
     c2w[:, 3, 3] = 1.0
     c2w = c2w.float()
     maps = control_maps(c2w, "perspective", height, width, fov)
     labels = tuple(f"yaw {y % 360:g}" + (f" p {p:g}" if p else "") for y, p in zip(yaws, pitches))
-    k = intrinsics(fov, height, width).expand(len(yaws), 3, 3).clone()
+    k = pinhole_intrinsics(fov, height, width).expand(len(yaws), 3, 3).clone()
     return CameraSet(rig=PANORAMA_RIG, projection="perspective", azimuths=tuple(float(y) for y in yaws),
                      elevations=tuple(float(p) for p in pitches), distance=0.0, fov=float(fov),
                      ortho_half_extent=ORTHO_HALF_EXTENT, c2w=c2w, w2c=opencv_world_to_camera(c2w), intrinsics=k,

@@ -176,6 +176,16 @@ REFERENCE_HOOKS = {
 }
 
 
+def reference_x0(model, path, positive, negative):
+    """The unpatched model's x0 (8x8 latent, the rig's 64 px views) with the reference blocks hooked in."""
+    handles = reference_hooks(model, path, [90.0 * i for i in range(VIEWS)], 64)
+    try:
+        return x0(model, positive, negative, size=8)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def reference_hooks(model, path, yaws, image: int):
     """Forward pre-hooks on the unpatched UNet running the naive float64 block of each position."""
 
@@ -206,12 +216,7 @@ def test_patched_prediction_equals_the_formula_reference(sd21, files, monkeypatc
     model, positive, negative = sd21
     force_cond_batching(monkeypatch, mode)
     ours, _ = x0(patched(model, files["random"]), positive, negative, size=8)
-    handles = reference_hooks(model, files["random"], [90.0 * i for i in range(VIEWS)], 64)
-    try:
-        want, _ = x0(model, positive, negative, size=8)
-    finally:
-        for handle in handles:
-            handle.remove()
+    want = reference_x0(model, files["random"], positive, negative)
     plain, _ = x0(model, positive, negative, size=8)
     err = ((ours - want).norm() / want.norm()).item()
     record_property("parity", f"CAA patch tiny SD2.1 {VIEWS} views 64 px {mode}: {err:.2e}")
@@ -270,12 +275,7 @@ def test_per_view_prompts_keep_parity_and_reach_their_views(sd21, files, monkeyp
     first = calls[0]["cond_or_uncond"].index(0)  # the positive chunk's place in the batched call
     context = calls[0]["context"][first * len(texts):(first + 1) * len(texts)]
     assert all(torch.equal(context[i], per_view[0][0][i]) for i in range(len(texts)))
-    handles = reference_hooks(model, files["random"], [90.0 * i for i in range(VIEWS)], 64)
-    try:
-        want, _ = x0(model, per_view, negative, size=8)
-    finally:
-        for handle in handles:
-            handle.remove()
+    want = reference_x0(model, files["random"], per_view, negative)
     assert ((ours - want).norm() / want.norm()).item() <= 1e-5
     single, _ = x0(patched(model, files["random"]), positive, negative, size=8)
     assert not torch.allclose(ours, single)
