@@ -1,9 +1,12 @@
-"""CAA Patch benchmark (CPU): the trained CAA's cost over the unpatched SD2 UNet, and the gather's memory.
+"""Panorama benchmark (CPU): the trained CAA's and the training-free Correspondence Attention's cost over the
+unpatched SD2 UNet, and the CAA gather's memory.
 
 One process, a random-weight SD2-architecture UNet (the real block structure, narrower channels) and
 random CAA blocks at its widths, 8 views with CFG (batch 16):
 
-- per-step time (median of ``--steps``) and the step's peak live tensor bytes, unpatched vs patched;
+- per-step time (median of ``--steps``) and the step's peak live tensor bytes: unpatched, CAA Patch, and
+  Correspondence Attention (every attn1 with the neighbours' corresponding tokens, active on every step;
+  without and with the x0 sync);
 - FLOPs of one step counted with torch's FlopCounterMode, against the spec's count for the nine blocks
   (per pixel: q/out 4C^2, 18-token k/v 72C^2, GEGLU FF 24C^2, attention 72C), so the time ratio can be
   read against the FLOP ratio (target: measured/FLOP-counted <= 1.3);
@@ -44,6 +47,7 @@ from parallax.kernels.caa_block import WEIGHT_KEYS, caa_block, default_freq_band
 from parallax.kernels.caa_geometry import level_tables  # noqa: E402
 from parallax.kernels.caa_layout import block_shapes  # noqa: E402
 from parallax.nodes.caa import WIDTH_PATTERN, CAAPatch, PanoramaCameras, load_caa  # noqa: E402
+from parallax.nodes.corr_attention import CorrespondenceAttention  # noqa: E402
 
 from parallax_testing import synth, tiny_models  # noqa: E402
 
@@ -98,6 +102,22 @@ def run(model, latent: int, steps: int, flops: bool = False):
     return out
 
 
+def sdpa_self_attention(model):
+    """The model with every attn1 on torch's fused SDPA: the like-for-like baseline of Correspondence
+    Attention's own part (ComfyUI's CPU default is sub-quadratic attention)."""
+
+    def attention(q, k, v, extra_options):
+        b, n, c = q.shape
+        heads = extra_options["n_heads"]
+        qh, kh, vh = (t.reshape(b, t.shape[1], heads, c // heads).transpose(1, 2) for t in (q, k, v))
+        return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, n, c)
+
+    out = model.clone()
+    for block, index, depth in compat.attn1_layers(model):
+        out.set_model_attn1_replace(attention, block, index, depth)
+    return out
+
+
 def spec_flops(channels: int, latent: int) -> int:
     """The nine blocks' FLOPs for 2 x 8 views (CFG) at ``latent``, from the block's formula."""
     total = 0
@@ -149,7 +169,12 @@ def main(argv=None) -> int:
             tiny_models.MODEL_CHANNELS = saved
         cameras = PanoramaCameras.execute(width=8 * args.latent, height=8 * args.latent)[0]
         patched = CAAPatch.execute(model=base, caa=load_caa(str(path)), cameras=cameras)[0]
+        corr = CorrespondenceAttention.execute(model=base, cameras=cameras, active_steps=1.0)[0]
+        synced = CorrespondenceAttention.execute(model=base, cameras=cameras, active_steps=1.0, sync_x0=1.0,
+                                                 sync_steps=1.0)[0]
         plain, ours = run(base, args.latent, args.steps, True), run(patched, args.latent, args.steps, True)
+        free, free_sync = run(corr, args.latent, args.steps, True), run(synced, args.latent, args.steps)
+        sdpa = run(sdpa_self_attention(base), args.latent, args.steps)
     t_plain, t_ours = statistics.median(plain["times"]), statistics.median(ours["times"])
     flop_ratio = ours["flops"] / plain["flops"]
     print(f"SD2-architecture UNet, {args.channels} channels, latent {args.latent}^2, {VIEWS} views + CFG, "
@@ -161,6 +186,15 @@ def main(argv=None) -> int:
           f"{(ours['flops'] - plain['flops']) / 1e9:.1f}; time/FLOP ratio {t_ours / t_plain / flop_ratio:.3f} "
           "(target <= 1.3)")
     print(f"  peak memory ratio {ours['peak'] / plain['peak']:.3f}")
+    t_free, t_sync = statistics.median(free["times"]), statistics.median(free_sync["times"])
+    t_sdpa = statistics.median(sdpa["times"])
+    print(f"  unpatched, attn1 on SDPA  {t_sdpa:7.3f} s/step  peak {mib(sdpa['peak'])} (the like-for-like baseline "
+          "below: the host's CPU default is sub-quadratic attention)")
+    print(f"  Correspondence Attention  {t_free:7.3f} s/step  peak {mib(free['peak'])}; time ratio "
+          f"{t_free / t_plain:.3f} (vs SDPA baseline {t_free / t_sdpa:.3f}), peak ratio "
+          f"{free['peak'] / plain['peak']:.3f} (vs SDPA baseline {free['peak'] / sdpa['peak']:.3f})")
+    print(f"  + x0 sync                 {t_sync:7.3f} s/step  peak {mib(free_sync['peak'])}; time ratio "
+          f"{t_sync / t_plain:.3f} (vs SDPA baseline {t_sync / t_sdpa:.3f})")
     print("CAA block alone at level 0 (2 x 8 views, default chunk):")
     for side in (32, 64, 96):
         peak, seconds = gather_peak(args.channels, side)

@@ -4,7 +4,7 @@ Every file in ``example_workflows/`` is a UI-format workflow whose ``extra.paral
 how to run it without real weights:
 
 - ``tiny_arch``: the architecture of the ``ParallaxTinyCheckpoint`` that replaces each
-  ``CheckpointLoaderSimple`` (sd15 | sd21 | sdxl);
+  ``CheckpointLoaderSimple`` (sd15 | sd21 | sd21_inpaint | sdxl);
 - ``models``: model files the graph loads, each ``{"folder", "name", "synth"}``; in tiny mode the
   file is synthesised in that folder with the real key layout (see ``parallax_testing.synth``);
 - ``inputs``: image files the graph loads, looked up in ``tests/data``.
@@ -29,6 +29,9 @@ CHECKPOINT_LOADERS = {"CheckpointLoaderSimple"}
 # Tiny random-weight models only prove that a graph runs: keep their runs short on a 2-core CPU.
 TINY_MAX_SIDE = 256  # pixels, for Empty*Latent* nodes (aspect kept, multiples of 32)
 TINY_MAX_STEPS = 8
+# Nodes besides Empty*Latent* whose width/height set the size of the images a graph generates: a
+# panorama rig's view size is the size Panorama Outpaint Views and Equirect To Views produce.
+SIZED_NODES = {"ParallaxPanoramaCameras"}
 
 
 def example_paths() -> list[Path]:
@@ -56,12 +59,16 @@ def to_prompt(workflow: Mapping[str, Any], object_info: Mapping[str, Any], tiny:
     return prompt
 
 
+def _sets_image_size(class_type: str) -> bool:
+    return class_type.startswith("Empty") or class_type in SIZED_NODES
+
+
 def shrink_for_tiny(prompt: dict) -> None:
-    """Cap empty-latent sizes and step counts (in place); the graph itself is unchanged."""
+    """Cap empty-latent and rig sizes and step counts (in place); the graph itself is unchanged."""
     for node in prompt.values():
         inputs = node["inputs"]
         size = (inputs.get("width"), inputs.get("height"))
-        if node["class_type"].startswith("Empty") and all(isinstance(v, int) for v in size):
+        if _sets_image_size(node["class_type"]) and all(isinstance(v, int) for v in size):
             scale = min(1.0, TINY_MAX_SIDE / max(size))
             inputs["width"], inputs["height"] = (max(32, round(v * scale / 32) * 32) for v in size)
         if isinstance(inputs.get("steps"), int):
@@ -69,11 +76,11 @@ def shrink_for_tiny(prompt: dict) -> None:
 
 
 def cheaper(prompt: dict, side: int = 128, steps: int = 2) -> dict:
-    """The graph unchanged but cheaper for tests (in place, returned): ``side`` px empty latents and
+    """The graph unchanged but cheaper for tests (in place, returned): ``side`` px empty latents, rigs and
     reference canvases, at most ``steps`` sampling steps."""
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"].startswith("Empty") and "width" in inputs:
+        if _sets_image_size(node["class_type"]) and "width" in inputs:
             inputs["width"], inputs["height"] = side, side
         if isinstance(inputs.get("steps"), int):
             inputs["steps"] = min(inputs["steps"], steps)

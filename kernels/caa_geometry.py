@@ -15,7 +15,8 @@ Conventions (Tangshitao/MVDiffusion, ``get_K_R``, ``get_correspondences``, ``get
   at image pixel ``(s u + s // 2, s v + s // 2)``. Its target feature coordinate is
   ``f_t = x_t / s - 0.5`` and the 3 x 3 neighbourhood ``f = f_t + delta`` (delta_x the outer loop) is
   sampled bilinearly (``grid_sample``, ``align_corners=True``, zero padding). A sample counts only if
-  its image position ``(f + 0.5) s`` lies strictly inside the target image; its displacement is the
+  its image position ``(f + 0.5) s`` lies strictly inside the target image (and the source ray is in
+  front of the target camera, which upstream's ring always satisfies); its displacement is the
   back-projection into the source view relative to the source pixel, in source-feature units.
 
 Everything geometric is computed in float32 with upstream's order of operations, so the
@@ -216,12 +217,16 @@ def build_level_tables(
     scale = torch.tensor([sx, sy], dtype=torch.float32)
     size = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=torch.float32)  # a 1-wide axis always reads index 0
     target = project(forward, src).transpose(-1, -2)  # [m, 2, hw, 2]
+    # A ray behind the neighbour's camera projects through its image plane to a false match; on
+    # MVDiffusion's ring (neighbours 45 degrees apart) every ray is in front, so this masks nothing there.
+    ones = torch.ones_like(src[:1])
+    in_front = (forward @ torch.cat([src, ones]))[..., 2, :] > 0  # [m, 2, hw]
     f_t = target / scale - 0.5
     delta = torch.tensor(OFFSETS, dtype=torch.float32)  # [9, 2]
     f = f_t[:, :, None] + delta[:, None]  # [m, 2, 9, hw, 2]
     x_img = (f + 0.5) * scale
     grid = f / size * 2 - 1
-    mask = in_image(x_img, height, width)
+    mask = in_image(x_img, height, width) & in_front[:, :, None]
     back = project(backward[:, :, None], x_img.transpose(-1, -2)).transpose(-1, -2)
     disp = finite_or_zero((back - src.T) / scale)
 

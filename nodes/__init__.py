@@ -10,18 +10,21 @@ from comfy_api.latest import ComfyExtension, io
 from . import (
     anydoor_collage,
     caa,
+    corr_attention,
     equirect,
     high_freq_map,
     mv_adapter,
     mv_adapter_loader,
     mv_cameras,
     mv_geometry,
+    panorama_views,
+    per_view_prompts,
     saliency_fusion,
     shift_snr,
 )
 
 CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter_loader, mv_adapter, shift_snr, mv_cameras, mv_geometry,
-                saliency_fusion, caa, equirect)
+                saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views)
 
 
 class ParallaxExtension(ComfyExtension):

@@ -82,3 +82,41 @@ def naive_block(x: torch.Tensor, w: dict, tables: geo.LevelTables, heads: int) -
                     ff = d["transformer.ff.net.2.weight"] @ (value * gelu) + d["transformer.ff.net.2.bias"]
                     out[g * m + i, :, v, u] = y + ff
     return out
+
+
+def naive_correspondence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                                   tables: geo.LevelTables, bias: float = 0.0) -> torch.Tensor:
+    """Training-free correspondence attention one query at a time (float64): the view's own tokens and
+    the valid bilinear samples of the neighbours' key / value maps in one softmax, bias on the latter."""
+    m = tables.num_views
+    h, w = tables.feature_size
+    b, n, c = q.shape
+    dim = c // heads
+    kmap = k[:, :n].double().transpose(1, 2).reshape(b, c, h, w)
+    vmap = v[:, :n].double().transpose(1, 2).reshape(b, c, h, w)
+    out = torch.empty(b, n, c, dtype=torch.float64)
+    for g in range(b // m):
+        for i in range(m):
+            row = g * m + i
+            for pix in range(n):
+                y, x = divmod(pix, w)
+                keys, values, biases = list(k[row].double()), list(v[row].double()), [0.0] * k.shape[1]
+                for slot, j in enumerate(((i - 1) % m, (i + 1) % m)):
+                    for off in range(9):
+                        if not bool(tables.mask[i, slot, off, y, x]):
+                            continue
+                        gx, gy = tables.grid[i, slot, off, y, x].double().tolist()
+                        fx, fy = (gx + 1) / 2 * (w - 1), (gy + 1) / 2 * (h - 1)
+                        keys.append(bilinear(kmap[g * m + j], fx, fy))
+                        values.append(bilinear(vmap[g * m + j], fx, fy))
+                        biases.append(bias)
+                kk, vv, bb = torch.stack(keys), torch.stack(values), torch.tensor(biases, dtype=torch.float64)
+                qq = q[row, pix].double()
+                parts = []
+                for hd in range(heads):
+                    sl = slice(hd * dim, (hd + 1) * dim)
+                    logits = kk[:, sl] @ qq[sl] / math.sqrt(dim) + bb
+                    p = torch.exp(logits - logits.max())
+                    parts.append((p / p.sum()) @ vv[:, sl])
+                out[row, pix] = torch.cat(parts)
+    return out

@@ -64,7 +64,7 @@ def test_example_declares_how_to_run_without_weights(path):
         assert (examples.DATA / name).is_file(), f"{path.name}: input image {name} is not in tests/data"
     loaders = [n for n in examples.load(path)["nodes"] if n["type"] in examples.CHECKPOINT_LOADERS]
     if loaders:
-        assert meta.get("tiny_arch") in ("sd15", "sd21", "sdxl"), f"{path.name}: set extra.parallax.tiny_arch"
+        assert meta.get("tiny_arch") in ("sd15", "sd21", "sd21_inpaint", "sdxl"), f"{path.name}: set extra.parallax.tiny_arch"
 
 
 def test_examples_cover_every_node(object_info, converted):

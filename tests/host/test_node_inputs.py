@@ -73,7 +73,7 @@ def env(tmp_path_factory):
         masks, latent = fusion_run(ckpt, positive, negative)
         yield SimpleNamespace(model=ckpt.model, adapter=adapter, cameras=cameras, positive=positive,
                               negative=negative, scene=scene, scene_mask=scene_mask, object=obj,
-                              object_mask=obj_mask, masks=masks, latent=latent, caa=caa, rig=rig)
+                              object_mask=obj_mask, masks=masks, latent=latent, caa=caa, rig=rig, clip=ckpt.clip)
 
 
 def valid_inputs(node_id: str, env) -> dict:
@@ -119,6 +119,16 @@ def valid_inputs(node_id: str, env) -> dict:
         return dict(model=env.model, caa=env.caa, cameras=env.rig, strength=1.0)
     if node_id == "ParallaxEquirectStitch":
         return dict(views=torch.rand(4, 64, 64, 3), cameras=env.rig, height=64, width=128, crop=True)
+    if node_id == "ParallaxEquirectToViews":
+        return dict(panorama=torch.rand(1, 32, 64, 3), cameras=env.rig, width=0, height=24)
+    if node_id == "ParallaxPerViewPrompts":
+        return dict(clip=env.clip, text="a sofa\na window\na door\na lamp", prefix="This is one view of a scene. ",
+                    cameras=env.rig)
+    if node_id == "ParallaxPanoramaOutpaintViews":
+        return dict(image=torch.rand(1, 24, 40, 3), cameras=env.rig, given_view=1)
+    if node_id == "ParallaxCorrespondenceAttention":
+        return dict(model=env.model, cameras=env.rig, cross_view_bias=0.5, loop_closure=False, active_steps=0.8,
+                    sync_x0=0.5, sync_steps=0.8)
     raise KeyError(f"no valid inputs written for {node_id}: add them to valid_inputs")
 
 

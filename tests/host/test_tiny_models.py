@@ -14,6 +14,8 @@ from parallax_testing import tiny_models
 EXPECTED_ATTENTION = {
     "sd15": {("input", i): 1 for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0): 1} | {("output", i): 1 for i in range(3, 12)},
     "sd21": {("input", i): 1 for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0): 1} | {("output", i): 1 for i in range(3, 12)},
+    "sd21_inpaint": {("input", i): 1 for i in (1, 2, 4, 5, 7, 8)} | {("middle", 0): 1}
+    | {("output", i): 1 for i in range(3, 12)},
     "sdxl": {("input", 4): 2, ("input", 5): 2, ("input", 7): 10, ("input", 8): 10, ("middle", 0): 10}
     | {("output", i): 10 for i in (0, 1, 2)} | {("output", i): 2 for i in (3, 4, 5)},
 }

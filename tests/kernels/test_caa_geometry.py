@@ -48,6 +48,10 @@ class NaiveCamera:
         cam = [(x - self.cx) / self.f, (y - self.cy) / self.f, 1.0]
         return [sum(self.r[row][k] * cam[k] for k in range(3)) for row in range(3)]
 
+    def depth(self, world: list[float]) -> float:
+        """z of a world direction in this camera's axes (> 0: in front)."""
+        return sum(self.r[k][2] * world[k] for k in range(3))
+
     def pixel(self, world: list[float]) -> tuple[float, float]:
         """Where a world direction lands (R^T, then the pinhole projection; no visibility test)."""
         cam = [sum(self.r[k][col] * world[k] for k in range(3)) for col in range(3)]
@@ -71,13 +75,15 @@ def naive_level(h, w, height, width, yaws, pitches, fov, features=None):
             for v in range(h):
                 for u in range(w):
                     xs, ys = sx * u + sx // 2, sy * v + sy // 2
-                    xt, yt = cams[j].pixel(cams[i].ray(xs, ys))
+                    ray = cams[i].ray(xs, ys)
+                    xt, yt = cams[j].pixel(ray)
+                    behind = cams[j].depth(ray) <= 0  # a false match through the camera plane: masked
                     for k, (dx, dy) in enumerate(offsets):
                         fx, fy = xt / sx - 0.5 + dx, yt / sy - 0.5 + dy
                         xp, yp = (fx + 0.5) * sx, (fy + 0.5) * sy
                         xb, yb = cams[i].pixel(cams[j].ray(xp, yp))
                         coord[i, n, k, v, u] = torch.tensor([fx, fy], dtype=torch.float64)
-                        margin[i, n, k, v, u] = min(xp, width - xp, yp, height - yp)
+                        margin[i, n, k, v, u] = -1.0 if behind else min(xp, width - xp, yp, height - yp)
                         disp[i, n, k, v, u] = torch.tensor([(xb - xs) / sx, (yb - ys) / sy], dtype=torch.float64)
                         if features is not None:
                             sampled[i, n, k, v, u] = bilinear(features[j], fx, fy)

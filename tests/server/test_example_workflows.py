@@ -35,8 +35,14 @@ def cfg_guider(inputs: dict) -> tuple[str, dict]:
                          "negative": inputs["scene_negative"], "cfg": inputs["cfg"]}
 
 
+def one_prompt(inputs: dict) -> tuple[str, dict]:
+    """Per-View Prompts' first line, for every view: the stock single-prompt graph."""
+    first = next(line.strip() for line in inputs["text"].splitlines() if line.strip())
+    return "CLIPTextEncode", {"clip": inputs["clip"], "text": inputs.get("prefix", "") + first}
+
+
 # Pack nodes whose outputs no input can stand for (a bypass would leave the graph without them).
-STAND_INS = {"ParallaxSaliencyNoiseFusion": cfg_guider}
+STAND_INS = {"ParallaxSaliencyNoiseFusion": cfg_guider, "ParallaxPerViewPrompts": one_prompt}
 
 
 def without_pack(prompt: dict, object_info: dict) -> dict:

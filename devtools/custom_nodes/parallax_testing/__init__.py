@@ -1,7 +1,7 @@
 """Fixture-only ComfyUI nodes for Parallax's tests and demo (never registered by the shipped pack).
 
 Loaded into the test host through an extra custom-nodes path. ``ParallaxTinyCheckpoint`` stands in
-for ``CheckpointLoaderSimple``: tiny SD1.5/SD2.1/SDXL-architecture models with seeded random weights.
+for ``CheckpointLoaderSimple``: tiny SD1.5/SD2.1/SD2-inpainting/SDXL models with seeded random weights.
 With ``PARALLAX_TEST_SIMULATE_VRAM=low|no`` in the server's environment, models also load partially
 on the CPU as on a small accelerator (``vram_simulation``).
 """

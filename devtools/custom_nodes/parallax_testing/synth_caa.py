@@ -33,8 +33,7 @@ def _freq_bands(c: int) -> torch.Tensor:
     return bands.reshape(1, 1, n)
 
 
-@synthesizer("mvdiffusion_pano_caa")
-def pano_caa(dest: Path, arch: str, seed: int) -> None:
+def _write_caa(dest: Path, seed: int, variant: str) -> None:
     from . import tiny_models
 
     base = tiny_models.MODEL_CHANNELS
@@ -45,4 +44,15 @@ def pano_caa(dest: Path, arch: str, seed: int) -> None:
         overrides[f"{block}.pe.freq_bands"] = _freq_bands(c)
         for i in (1, 2):
             overrides[f"{block}.transformer.norm{i}.weight"] = torch.ones(c)
-    write_checkpoint(dest, shapes, seed, metadata={"format": "parallax-caa", "variant": "pano"}, overrides=overrides)
+    write_checkpoint(dest, shapes, seed, metadata={"format": "parallax-caa", "variant": variant}, overrides=overrides)
+
+
+@synthesizer("mvdiffusion_pano_caa")
+def pano_caa(dest: Path, arch: str, seed: int) -> None:
+    _write_caa(dest, seed, "pano")
+
+
+@synthesizer("mvdiffusion_pano_outpaint_caa")
+def pano_outpaint_caa(dest: Path, arch: str, seed: int) -> None:
+    """pano_outpaint.ckpt's blocks: the same nine blocks, trained with SD-2-inpainting."""
+    _write_caa(dest, seed, "pano_outpaint")

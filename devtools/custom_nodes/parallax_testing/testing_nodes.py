@@ -14,7 +14,7 @@ class ParallaxTinyCheckpoint(io.ComfyNode):
             node_id="ParallaxTinyCheckpoint",
             display_name="Tiny Checkpoint (Parallax tests)",
             category="Parallax/testing",
-            description="Test fixture: a tiny random-weight model with a real SD1.5/SD2.1/SDXL architecture.",
+            description="Test fixture: a tiny random-weight model with a real SD1.5/SD2.1/SD2-inpainting/SDXL architecture.",
             inputs=[
                 io.Combo.Input("arch", options=list(tiny_models.ARCHES), default="sdxl",
                                tooltip="Architecture family whose block structure and conditioning the model copies."),

@@ -1,4 +1,4 @@
-"""Tiny SD1.5-, SD2.1- and SDXL-architecture models with seeded random weights (test fixtures).
+"""Tiny SD1.5-, SD2.1- (and SD2 inpainting) and SDXL-architecture models with seeded random weights (test fixtures).
 
 Each model keeps the real block structure of its family (block counts, transformer placement and
 depth, conditioning: SDXL's pooled 1280-d ``y`` and 2816-d ADM) and only narrows the widths, so the
@@ -27,7 +27,7 @@ import comfy.supported_models
 import comfy.supported_models_base
 import torch
 
-ARCHES = ("sd15", "sd21", "sdxl")
+ARCHES = ("sd15", "sd21", "sd21_inpaint", "sdxl")
 SDXL_POOLED_DIM = 1280
 MODEL_CHANNELS = 32
 HEAD_DIM = 16
@@ -57,6 +57,9 @@ _SD1X = {  # SD1.5 and SD2.1 share the block structure; they differ in linear pr
 UNET_CONFIGS = {
     "sd15": {**_SD1X, "use_linear_in_transformer": False, "context_dim": 32},
     "sd21": {**_SD1X, "use_linear_in_transformer": True, "context_dim": 48},
+    # stable-diffusion-2-inpainting: the SD2 UNet with the 9-channel input [latent | mask | masked-image
+    # latent]; the host's config makes any model with more than 4 input channels an inpainting model
+    "sd21_inpaint": {**_SD1X, "use_linear_in_transformer": True, "context_dim": 48, "in_channels": 9},
     "sdxl": {
         **_COMMON_UNET,
         "num_classes": "sequential",
@@ -77,6 +80,7 @@ _TINY_TEXT = {"intermediate_size": 64, "num_attention_heads": 2, "num_hidden_lay
 CLIP_OPTIONS = {
     "sd15": {"clip_l_model_config": {**_TINY_TEXT, "hidden_size": 32, "projection_dim": 32}},
     "sd21": {"clip_h_model_config": {**_TINY_TEXT, "hidden_size": 48, "projection_dim": 48}},
+    "sd21_inpaint": {"clip_h_model_config": {**_TINY_TEXT, "hidden_size": 48, "projection_dim": 48}},
     "sdxl": {
         "clip_l_model_config": {**_TINY_TEXT, "hidden_size": 32, "projection_dim": 32},
         "clip_g_model_config": {**_TINY_TEXT, "hidden_size": 32, "projection_dim": SDXL_POOLED_DIM},
@@ -131,7 +135,7 @@ class TinySDXL(comfy.supported_models.SDXL):
         return comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, TinySDXLClipModel)
 
 
-MODEL_CONFIGS = {"sd15": TinySD15, "sd21": TinySD21, "sdxl": TinySDXL}
+MODEL_CONFIGS = {"sd15": TinySD15, "sd21": TinySD21, "sd21_inpaint": TinySD21, "sdxl": TinySDXL}
 
 
 @dataclass(frozen=True)
