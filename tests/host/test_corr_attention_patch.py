@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import comfy.controlnet
 import comfy.sample
+import comfy.samplers
 import comfy.sd
 import comfy.utils
 import pytest
@@ -262,3 +263,25 @@ def test_rigs_and_models_it_cannot_use_are_refused(sd15):
     orbit = CameraRaymap.execute()[0]
     with pytest.raises(NodeInputError, match="Correspondence Attention.*cameras.*panorama rig"):
         CorrespondenceAttention.execute(model=model, cameras=orbit)
+
+
+@torch.no_grad()
+def test_x0_sync_commutes_with_a_deterministic_step_from_a_shared_start(sd15):
+    """Syncing x0 inside the model equals syncing x_{t-1} after an Euler step when x_t is the same scene in
+    every view (a constant latent): the step is linear in (x_t, x0) and sync leaves x_t alone."""
+    model, positive, negative = sd15
+    sigmas = torch.tensor([6.0, 2.5])
+    noise = torch.full((VIEWS, 4, SIZE, SIZE), 0.3)
+    latent = torch.zeros_like(noise)
+
+    def step(m):
+        sampler = comfy.samplers.KSAMPLER(comfy.samplers.k_diffusion_sampling.sample_euler)
+        return comfy.sample.sample_custom(m, noise, 5.0, sampler, sigmas, positive, negative, latent, seed=0,
+                                          disable_pbar=True)
+
+    synced_inside = step(CorrespondenceAttention.execute(model=model, cameras=rig(), active_steps=0.0, sync_x0=1.0,
+                                                         sync_steps=1.0)[0])
+    plain = step(model)
+    tables = build_sync_tables(SIZE, SIZE, rig().azimuths, None, FOV)
+    assert rel(synced_inside, sync_views(plain, tables)) <= 1e-5
+    assert rel(synced_inside, plain) > 1e-3
