@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .caa_geometry import NEIGHBOURS, OFFSETS, TOKENS, LevelTables, finite_or_zero
+from .caa_geometry import TOKENS, LevelTables, finite_or_zero
 from .caa_layout import HEAD_DIM, block_shapes
 from .patch_layout import BatchLayoutError
 
@@ -75,7 +75,7 @@ def positional_encoding(d: torch.Tensor, freq_bands: torch.Tensor) -> torch.Tens
     return pe.movedim((0, 1), (-3, -1)).reshape(*d.shape[:-1], 4 * bands.numel())
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Sampling precision: float64 stays float64, everything else samples in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -109,13 +109,13 @@ def _feature_rows(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _bilinear_taps(
-    tables: LevelTables, start: int, stop: int, dtype: torch.dtype, device: torch.device
+    tables: LevelTables, start: int, stop: int, dtype: torch.dtype, device: torch.device, masked: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows into one group's ``_feature_rows`` and weights of the 4 taps of every token of the pixels
     [start, stop), both [m, P * 18, 4] (tokens: neighbour, then offset, as the module docstring).
 
     ``grid_sample``'s bilinear rule with ``align_corners=True`` and zero padding, taken apart so the
-    taps are computed per view (not per group) and the mask folds into the weights. Non-finite
+    taps are computed per view (not per group) and, with ``masked``, the mask folds into the weights. Non-finite
     coordinates fail the range test and get weight 0.
     """
     h, w = tables.feature_size
@@ -130,8 +130,9 @@ def _bilinear_taps(
     inside = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
     weight = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)
     weight = torch.where(inside, weight, torch.zeros((), dtype=dtype, device=device))
-    mask = tables.mask.flatten(3, 4)[..., start:stop].to(device).permute(0, 3, 1, 2)  # [m, P, 2, 9]
-    weight = weight * mask[..., None]
+    if masked:
+        mask = tables.mask.flatten(3, 4)[..., start:stop].to(device).permute(0, 3, 1, 2)  # [m, P, 2, 9]
+        weight = weight * mask[..., None]
     # Pixel numbers are small integers, exact in the sampling dtype; the zero row is number h * w.
     pixel = torch.where(inside, cy * w + cx, torch.full((), h * w, dtype=dtype, device=device)).long()
     image = tables.sources.to(device) * (h * w + 1)  # [m, 2]: each neighbour's first row in the group
@@ -187,51 +188,34 @@ def _gather(
 def token_rows(tokens: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Tokens [B, h * w, C] (row-major pixels, e.g. an attention's keys) -> [B, h * w + 1, C] rows for
     :func:`sample_rows`: a copy with the zero row appended, in ``dtype`` (the sampling dtype by default)."""
-    dtype = _compute_dtype(tokens.dtype) if dtype is None else dtype
+    dtype = compute_dtype(tokens.dtype) if dtype is None else dtype
     zero = tokens.new_zeros((tokens.shape[0], 1, tokens.shape[2]), dtype=dtype)
     return torch.cat([tokens.to(dtype), zero], 1)
 
 
-def sample_rows(rows: torch.Tensor, tables: LevelTables, start: int = 0, stop: int | None = None) -> torch.Tensor:
+def sample_rows(
+    rows: torch.Tensor, tables: LevelTables, start: int = 0, stop: int | None = None, masked: bool = True
+) -> torch.Tensor:
     """F_j(f) for the pixels [start, stop) from prepared rows (:func:`token_rows`, made once per call):
-    [groups, m, P, 18, C] in the rows' dtype; masked samples are zeros."""
+    [groups, m, P, 18, C] in the rows' dtype; with ``masked`` the masked samples are zeros."""
     m = tables.num_views
     h, w = tables.feature_size
     if rows.shape[0] % m or rows.shape[1] != h * w + 1:
         raise CAABatchError(f"rows {tuple(rows.shape)} do not hold whole groups of {m} views of {h}x{w} pixels "
                             "plus a zero row")
     stop = h * w if stop is None else stop
-    taps = _bilinear_taps(tables, start, stop, rows.dtype, rows.device)
+    taps = _bilinear_taps(tables, start, stop, rows.dtype, rows.device, masked)
     return _sample(rows, taps, rows.shape[0] // m).unflatten(2, (stop - start, TOKENS))
 
 
 def sample_neighbours(
     features: torch.Tensor, tables: LevelTables, start: int = 0, stop: int | None = None
 ) -> torch.Tensor:
-    """F_j(f) for the pixels [start, stop) of every view: [groups, m, P, 18, C] in the sampling dtype.
-
-    Each view's feature map is sampled once per chunk: the grid of the views that read it is reordered
-    to the source's batch slot (``requesters``), so no neighbour copy of the features is ever made.
-    ``grid_sample`` reads the [B, C, h, w] maps in place, so a call costs what its pixels cost, for
-    callers that sample chunk by chunk; ``caa_block`` instead gathers from a channels-last copy made
-    once per call (``_sample``), which skips this layout's permute copies.
-    """
-    groups = check_layout(features, tables)
-    m = tables.num_views
-    c = features.shape[1]
-    stop = features.shape[-2] * features.shape[-1] if stop is None else stop
-    dtype = _compute_dtype(features.dtype)
-    grid = tables.grid.flatten(3, 4)[..., start:stop, :].to(device=features.device, dtype=dtype)
-    p = grid.shape[-2]
-    # Source j's batch slot reads, through slot n, the grid of the view that has j as neighbour n.
-    by_source = torch.stack([grid[:, n].index_select(0, tables.requesters[:, n]) for n in range(NEIGHBOURS)], dim=1)
-    by_source = by_source.reshape(1, m, TOKENS, p, 2).expand(groups, -1, -1, -1, -1).reshape(groups * m, TOKENS, p, 2)
-    sampled = F.grid_sample(features.to(dtype), by_source, mode="bilinear", padding_mode="zeros", align_corners=True)
-    sampled = sampled.reshape(groups, m, c, NEIGHBOURS, len(OFFSETS), p)
-    per_view = torch.stack(
-        [sampled.select(3, n).index_select(1, tables.sources[:, n]) for n in range(NEIGHBOURS)], dim=3
-    )  # [groups, m, C, 2, 9, P]
-    return per_view.permute(0, 1, 5, 3, 4, 2).reshape(groups, m, p, TOKENS, c)
+    """F_j(f) for the pixels [start, stop) of every view, masked samples included: [groups, m, P, 18, C]
+    in the sampling dtype. Makes the rows of ``features`` [B, C, h, w] per call; callers that sample
+    chunk by chunk make them once (:func:`token_rows`) and call :func:`sample_rows`."""
+    check_layout(features, tables)
+    return sample_rows(_feature_rows(features, compute_dtype(features.dtype)), tables, start, stop, masked=False)
 
 
 def gather_neighbour_tokens(
@@ -243,7 +227,7 @@ def gather_neighbour_tokens(
     """
     groups = check_layout(features, tables)
     stop = features.shape[-2] * features.shape[-1] if stop is None else stop
-    rows = _feature_rows(features, _compute_dtype(features.dtype))
+    rows = _feature_rows(features, compute_dtype(features.dtype))
     return _gather(rows, tables, freq_bands, groups, start, stop).unflatten(2, (stop - start, TOKENS))
 
 
@@ -360,7 +344,7 @@ def caa_block(
     budget = chunk_budget(x.device)
     step = default_chunk(groups, tables.num_views, c, budget) if chunk is None else max(1, int(chunk))
     # Converted and made channels-last once, not per chunk; the queries are read from it too.
-    rows = _feature_rows(x, _compute_dtype(x.dtype))
+    rows = _feature_rows(x, compute_dtype(x.dtype))
     out = x.new_empty((bm, c, pixels))
     for start in range(0, pixels, step):
         stop = min(pixels, start + step)

@@ -216,11 +216,11 @@ def build_level_tables(
     src = _source_pixels(h, w, sx, sy)
     scale = torch.tensor([sx, sy], dtype=torch.float32)
     size = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=torch.float32)  # a 1-wide axis always reads index 0
-    target = project(forward, src).transpose(-1, -2)  # [m, 2, hw, 2]
+    xyz = forward @ torch.cat([src, torch.ones_like(src[:1])])  # [m, 2, 3, hw], as project() forms it
+    target = (xyz[..., :2, :] / xyz[..., 2:, :]).transpose(-1, -2)  # [m, 2, hw, 2]
     # A ray behind the neighbour's camera projects through its image plane to a false match; on
     # MVDiffusion's ring (neighbours 45 degrees apart) every ray is in front, so this masks nothing there.
-    ones = torch.ones_like(src[:1])
-    in_front = (forward @ torch.cat([src, ones]))[..., 2, :] > 0  # [m, 2, hw]
+    in_front = xyz[..., 2, :] > 0  # [m, 2, hw]
     f_t = target / scale - 0.5
     delta = torch.tensor(OFFSETS, dtype=torch.float32)  # [9, 2]
     f = f_t[:, :, None] + delta[:, None]  # [m, 2, 9, hw, 2]

@@ -30,14 +30,10 @@ import math
 
 import torch
 
-from .caa_block import chunk_budget, sample_rows, token_rows
+from .caa_block import chunk_budget, compute_dtype, sample_rows, token_rows
 from .caa_geometry import TOKENS, LevelTables
 
 log = logging.getLogger("parallax")
-
-
-def _logit_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def default_chunk(batch: int, heads: int, tokens: int, budget: int) -> int:
@@ -74,7 +70,7 @@ def own_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     """
     b, n, c = q.shape
     dim = c // heads
-    work = _logit_dtype(q.dtype)
+    work = compute_dtype(q.dtype)
     qh, kh, vh = (t.reshape(b, t.shape[1], heads, dim).transpose(1, 2) for t in (q, k, v))
     if fused:
         got = _fused_attention_lse(qh, kh, vh)
@@ -124,7 +120,7 @@ def correspondence_attention(
     groups = b // m
     dim = c // heads
     scale = dim**-0.5
-    work = _logit_dtype(q.dtype)
+    work = compute_dtype(q.dtype)
 
     out_own, lse_own = own_attention(q, k, v, heads, fused=fused)  # [B, heads, N, dim], [B, heads, N]
     if own is not None:

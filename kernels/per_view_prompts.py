@@ -28,10 +28,6 @@ def with_prefix(line: str, prefix: str) -> str:
     return prefix + line
 
 
-def token_lcm(lengths: Sequence[int]) -> int:
-    return math.lcm(*lengths)
-
-
 def stack_token_sequences(conds: Sequence[torch.Tensor]) -> torch.Tensor:
     """[1, n_i, C] encodings -> [len(conds), L, C], each repeated along the tokens to L = lcm(n_i).
 
@@ -44,5 +40,5 @@ def stack_token_sequences(conds: Sequence[torch.Tensor]) -> torch.Tensor:
     widths = {c.shape[-1] for c in conds}
     if len(widths) != 1 or any(c.ndim != 3 for c in conds):
         raise ValueError(f"encodings must be [batch, tokens, C] with one C, got {[tuple(c.shape) for c in conds]}")
-    length = token_lcm([c.shape[1] for c in conds])
+    length = math.lcm(*(c.shape[1] for c in conds))
     return torch.cat([c.repeat(1, length // c.shape[1], 1) for c in conds])

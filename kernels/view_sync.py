@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .caa_block import compute_dtype
 from .caa_geometry import TableCache, camera_rig, homographies
 
 
@@ -35,13 +36,15 @@ class SyncTables:
     - ``grid`` [m, m - 1, h, w, 2]: ``grid_sample`` coordinates (align_corners=True) in view j;
     - ``weight`` [m, m - 1, h, w]: j's ramp weight there, 0 where j does not see the ray;
     - ``others`` [m, m - 1] long: the view j of each slot;
-    - ``own`` [h, w]: a view's ramp weight at its own pixels.
+    - ``own`` [h, w]: a view's ramp weight at its own pixels;
+    - ``readers``: per view j, the (i, slot) pairs that read it (host-side, so syncing needs no device reads).
     """
 
     grid: torch.Tensor
     weight: torch.Tensor
     others: torch.Tensor
     own: torch.Tensor
+    readers: tuple[tuple[tuple[int, int], ...], ...]
 
     @property
     def num_views(self) -> int:
@@ -86,8 +89,10 @@ def build_sync_tables(
     grid = torch.where(seen[..., None], grid, torch.zeros((), dtype=torch.float64))
     own = ramp(torch.arange(w, dtype=torch.float64), w).expand(h, w)
     shape = (m, m - 1, h, w)
+    readers = tuple(tuple((i, s) for i in range(m) for s in range(m - 1) if (s if s < i else s + 1) == j)
+                    for j in range(m))  # slot s of view i is view s, skipping i itself
     return SyncTables(grid.reshape(*shape, 2).float().to(device), weight.reshape(shape).float().to(device),
-                      others.to(device), own.float().contiguous().to(device))
+                      others.to(device), own.float().contiguous().to(device), readers)
 
 
 SYNC_TABLES = TableCache()
@@ -113,14 +118,14 @@ def sync_views(x: torch.Tensor, tables: SyncTables, strength: float = 1.0) -> to
     if strength == 0:
         return x.clone()
     groups = x.shape[0] // m
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = compute_dtype(x.dtype)
     views = x.to(work).reshape(groups, m, *x.shape[1:])
     c, h, w = x.shape[1:]
     grid = tables.grid.to(device=x.device, dtype=work)
     weight = tables.weight.to(device=x.device, dtype=work)
     own = tables.own.to(device=x.device, dtype=work)
     # sample view j at the rays of every view i that reads it: batch = views j, one grid row per reader
-    readers = [[(i, s) for i in range(m) for s in range(m - 1) if int(tables.others[i, s]) == j] for j in range(m)]
+    readers = tables.readers
     total = own * views
     norm = own.expand(m, h, w).clone()
     for j in range(m):

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..kernels.mv_cameras import CameraSet
 from ..kernels.panorama_views import outpaint_views
-from .equirect import check_panorama_rig
+from .equirect import check_panorama_rig, view_size
 from .errors import NodeInputError
 from .mv_cameras import PX_CAMERAS
 from .validation import checked_inputs
@@ -55,7 +55,7 @@ class PanoramaOutpaintViews(io.ComfyNode):
         if given_view >= views:
             raise NodeInputError(OUTPAINT_NAME, "given_view", f"a view of the rig (0 to {views - 1})", str(given_view),
                                  f"pick a view from 0 to {views - 1}")
-        height, width = (int(s) for s in cameras.maps.shape[-2:])
+        height, width = view_size(cameras, 0, 0)
         out, mask = outpaint_views(image[..., :3], views, given_view, height, width)
         return io.NodeOutput(out, mask)
 

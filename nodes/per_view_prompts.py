@@ -10,13 +10,14 @@ rig in a batch of whole rigs.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
 from comfy_api.latest import io
 
 from ..kernels.mv_cameras import CameraSet
-from ..kernels.per_view_prompts import MVDIFFUSION_PREFIX, prompt_lines, stack_token_sequences, token_lcm, with_prefix
+from ..kernels.per_view_prompts import MVDIFFUSION_PREFIX, prompt_lines, stack_token_sequences, with_prefix
 from .errors import NodeInputError
 from .mv_cameras import PX_CAMERAS
 from .validation import checked_inputs
@@ -69,9 +70,10 @@ def batch_encodings(encodings: list[list[list[Any]]]) -> list[list[Any]]:
     for step in zip(*encodings):
         conds = [entry[0] for entry in step]
         lengths = [c.shape[1] for c in conds]
-        if token_lcm(lengths) > LCM_WARN_FACTOR * min(lengths):
+        padded = math.lcm(*lengths)
+        if padded > LCM_WARN_FACTOR * min(lengths):
             log.warning("%s: prompt lengths %s tokens are repeated to %d tokens; shorter prompts (up to 75 tokens "
-                        "each) are cheaper", PROMPTS_NAME, sorted(set(lengths)), token_lcm(lengths))
+                        "each) are cheaper", PROMPTS_NAME, sorted(set(lengths)), padded)
         out.append([stack_token_sequences(conds), merge_options([entry[1] for entry in step])])
     return out
 
