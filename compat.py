@@ -350,3 +350,38 @@ def discrete_model_sampling(model: ModelPatcher):
     if isinstance(sampling, ms.ModelSamplingDiscrete) and not isinstance(sampling, excluded):
         return sampling
     return None
+
+
+# --- stochastic samplers ------------------------------------------------------------------------------
+
+def shared_noise_options(sampler, noise: torch.Tensor, sigmas: torch.Tensor, seed) -> dict | None:
+    """The sampler's options with a noise sampler that gives every batch item row 0's noise, or None when
+    the sampler takes no noise sampler (deterministic, or not a k-diffusion KSAMPLER) or has one set.
+
+    Row 0 draws exactly what the sampler's default would draw for a batch of one (same kind, same
+    seed): the host's Brownian tree for the SDE samplers, seeded Gaussian noise for the others.
+    """
+    function = getattr(sampler, "sampler_function", None)
+    options = getattr(sampler, "extra_options", None)
+    if function is None or not isinstance(options, dict) or options.get("noise_sampler") is not None:
+        return None
+    try:
+        if "noise_sampler" not in inspect.signature(function).parameters:
+            return None
+    except (TypeError, ValueError):
+        return None
+    import comfy.k_diffusion.sampling as k_sampling
+
+    first = noise[:1]
+    name = getattr(function, "__name__", "")
+    if "sde" in name:
+        positive = sigmas[sigmas > 0]
+        row = k_sampling.BrownianTreeNoiseSampler(first, positive.min(), positive.max(), seed=seed,
+                                                  cpu="gpu" not in name)
+    else:
+        row = k_sampling.default_noise_sampler(first, seed=seed)
+
+    def batch_noise(sigma, sigma_next):
+        return row(sigma, sigma_next).expand(noise.shape)
+
+    return {**options, "noise_sampler": batch_noise}

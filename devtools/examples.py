@@ -31,7 +31,7 @@ TINY_MAX_SIDE = 256  # pixels, for Empty*Latent* nodes (aspect kept, multiples o
 TINY_MAX_STEPS = 8
 # Nodes besides Empty*Latent* whose width/height set the size of the images a graph generates: a
 # panorama rig's view size is the size Panorama Outpaint Views and Equirect To Views produce.
-SIZED_NODES = {"ParallaxPanoramaCameras"}
+SIZED_NODES = {"ParallaxPanoramaCameras", "ParallaxEditPrompts"}
 
 
 def example_paths() -> list[Path]:

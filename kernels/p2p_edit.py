@@ -24,10 +24,12 @@ Pure torch; no ComfyUI import.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .attention_maps import map_grid
 
 # Length of one CLIP context block; longer contexts are whole repetitions of it.
 BLOCK = 77
@@ -99,7 +101,14 @@ def _col(vec: torch.Tensor | float, like: torch.Tensor, block: int, what: str) -
     return tile_columns(t, like.shape[-2], block, what).unsqueeze(-1)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
+# An attention kernel on heads-first [B, heads, N, d] tensors (the host's backend in node glue).
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+          attend: Attend | None = None) -> torch.Tensor:
+    if attend is not None:
+        return attend(q, k, v)
     # Fused kernels want equal batch dims; a single source row is broadcast over the targets.
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     q = q.expand(*batch, *q.shape[-2:])
@@ -121,11 +130,13 @@ def cross_edit(
     equalizer: torch.Tensor | None = None,
     scale: float | None = None,
     block: int = BLOCK,
+    attend: Attend | None = None,
 ) -> torch.Tensor:
     """The general column edit ``A = alpha ((A_src M + A_tgt keep) e) + (1 - alpha) A_tgt``, then ``A v_t``.
 
     ``mapper`` None means M = I, ``keep`` None means 0, ``equalizer`` None means 1. Returns
-    ``[B, heads, N, d]``. Use the named edits below; this is their shared algebra.
+    ``[B, heads, N, d]``. Use the named edits below; this is their shared algebra. ``attend``
+    replaces torch's SDPA (its default scale) with another kernel, e.g. the host's backend.
     """
     length = v_t.shape[-2]
     if k_s.shape[-2] != length or k_t.shape[-2] != length:
@@ -140,7 +151,38 @@ def cross_edit(
     tgt = 1.0 - a
     if keep is not None:
         tgt = tgt + e * _col(keep, v_t, block, "the refine keep share")
-    return _sdpa(q_s, k_s, v_src, scale) + _sdpa(q_t, k_t, tgt * v_t, scale)
+    return _sdpa(q_s, k_s, v_src, scale, attend) + _sdpa(q_t, k_t, tgt * v_t, scale, attend)
+
+
+def edit_probabilities(
+    a_src: torch.Tensor,
+    a_tgt: torch.Tensor,
+    alpha: torch.Tensor | float,
+    *,
+    mapper: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    equalizer: torch.Tensor | None = None,
+    block: int = BLOCK,
+) -> torch.Tensor:
+    """The same column edit on explicit probabilities ``[..., N, L]``: ``alpha ((A_src M + A_tgt keep) e)
+    + (1 - alpha) A_tgt``. For layers that must read the edited maps (LocalBlend) and for A/B checks of
+    the SDPA forms; ``mapper`` is block-sized or full, column vectors are block-sized or full.
+    """
+    length = a_tgt.shape[-1]
+
+    def col(vec: torch.Tensor | float, what: str) -> torch.Tensor:
+        t = torch.as_tensor(vec, dtype=a_tgt.dtype, device=a_tgt.device)
+        return t if t.dim() == 0 else tile_columns(t, length, block, what)
+
+    r = a_src
+    if mapper is not None:
+        r = torch.matmul(a_src, tile_mapper(mapper.to(dtype=a_tgt.dtype, device=a_tgt.device), length, block))
+    if keep is not None:
+        r = r + a_tgt * col(keep, "the refine keep share")
+    if equalizer is not None:
+        r = r * col(equalizer, "the equalizer")
+    a = col(alpha, "the window alpha")
+    return a * r + (1.0 - a) * a_tgt
 
 
 def replace_edit(
@@ -155,13 +197,15 @@ def replace_edit(
     *,
     scale: float | None = None,
     block: int = BLOCK,
+    attend: Attend | None = None,
 ) -> torch.Tensor:
     """Word swap: ``out = SDPA(q_s, k_s, M (alpha e v)) + SDPA(q_t, k_t, (1 - alpha) v)``.
 
     ``mapper`` is ``p2p_tokens.replace_mapper``'s ``[L, L]`` M (``R = A_src M``); an optional
     ``equalizer`` chains a reweight after it.
     """
-    return cross_edit(q_s, k_s, q_t, k_t, v_t, alpha, mapper=mapper, equalizer=equalizer, scale=scale, block=block)
+    return cross_edit(q_s, k_s, q_t, k_t, v_t, alpha, mapper=mapper, equalizer=equalizer, scale=scale, block=block,
+                      attend=attend)
 
 
 def refine_edit(
@@ -177,6 +221,7 @@ def refine_edit(
     *,
     scale: float | None = None,
     block: int = BLOCK,
+    attend: Attend | None = None,
 ) -> torch.Tensor:
     """Refine: ``R = A_src[..., mapper] alphas + A_tgt (1 - alphas)``, optionally times ``equalizer``.
 
@@ -189,7 +234,7 @@ def refine_edit(
     g = refine_matrix(mapper.to(v_t.device), alphas, v_t.dtype)
     return cross_edit(
         q_s, k_s, q_t, k_t, v_t, alpha,
-        mapper=g, keep=1.0 - alphas.to(v_t.dtype), equalizer=equalizer, scale=scale, block=block,
+        mapper=g, keep=1.0 - alphas.to(v_t.dtype), equalizer=equalizer, scale=scale, block=block, attend=attend,
     )  # fmt: skip
 
 
@@ -204,33 +249,23 @@ def reweight_edit(
     *,
     scale: float | None = None,
     block: int = BLOCK,
+    attend: Attend | None = None,
 ) -> torch.Tensor:
     """Reweight as in P2P: ``out = SDPA(q_s, k_s, alpha e v) + SDPA(q_t, k_t, (1 - alpha) v)``.
 
     Post-softmax column scaling without renormalisation; negative values are allowed.
     """
-    return cross_edit(q_s, k_s, q_t, k_t, v_t, alpha, equalizer=equalizer, scale=scale, block=block)
+    return cross_edit(q_s, k_s, q_t, k_t, v_t, alpha, equalizer=equalizer, scale=scale, block=block, attend=attend)
 
 
-def self_inject(q_s: torch.Tensor, k_s: torch.Tensor, v_t: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+def self_inject(q_s: torch.Tensor, k_s: torch.Tensor, v_t: torch.Tensor, *, scale: float | None = None,
+                attend: Attend | None = None) -> torch.Tensor:
     """Self-attention injection ``A_tgt <- A_src`` with the target's own values: ``SDPA(q_s, k_s, v_t)``."""
-    return _sdpa(q_s, k_s, v_t, scale)
+    return _sdpa(q_s, k_s, v_t, scale, attend)
 
 
 # ---------------------------------------------------------------------------------------------
 # LocalBlend
-
-
-def _map_size(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
-    # A UNet level divides the latent by a power of two, rounding up on odd sizes.
-    h, w = latent_size
-    f = 1
-    while f <= max(h, w):
-        mh, mw = -(-h // f), -(-w // f)
-        if mh * mw == tokens:
-            return mh, mw
-        f *= 2
-    raise ValueError(f"{tokens} map positions are no power-of-two downsampling of a {h}x{w} latent; pass map_size")
 
 
 def _word_maps(maps: torch.Tensor, indices: Sequence[Sequence[int]], block: int) -> torch.Tensor:
@@ -300,7 +335,7 @@ def local_blend_mask(
     if maps.dim() < 3:
         raise ValueError(f"maps need shape [P, ..., N, L], got {tuple(maps.shape)}")
     maps = maps.float() if maps.dtype in (torch.float16, torch.bfloat16) else maps
-    size = map_size if map_size is not None else _map_size(maps.shape[-2], latent_size)
+    size = map_size if map_size is not None else map_grid(maps.shape[-2], latent_size)
     if size[0] * size[1] != maps.shape[-2]:
         raise ValueError(f"map_size {size} does not hold {maps.shape[-2]} positions")
     mask = _mask(_word_maps(maps, word_indices, block), size, latent_size, threshold, pool=True)

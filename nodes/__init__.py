@@ -9,8 +9,11 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import (
     anydoor_collage,
+    attention_edit,
+    attention_maps,
     caa,
     corr_attention,
+    edit_prompts,
     equirect,
     high_freq_map,
     mv_adapter,
@@ -24,7 +27,8 @@ from . import (
 )
 
 CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter_loader, mv_adapter, shift_snr, mv_cameras, mv_geometry,
-                saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views)
+                saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views, edit_prompts,
+                attention_edit, attention_maps)
 
 
 class ParallaxExtension(ComfyExtension):

@@ -41,7 +41,7 @@ def _same(values: list[Any]) -> bool:
     return all(v == first for v in values)
 
 
-def merge_options(options: list[dict]) -> dict:
+def merge_options(options: list[dict], node: str = PROMPTS_NAME) -> dict:
     """One options dict for the batched rows: per-prompt tensors ([1, ...], same shape) are stacked,
     everything else must agree across the prompts."""
     merged = {}
@@ -53,18 +53,18 @@ def merge_options(options: list[dict]) -> dict:
         elif _same(values):
             merged[key] = values[0]
         else:
-            raise NodeInputError(PROMPTS_NAME, "clip", "a text encoder whose outputs can be batched per prompt",
+            raise NodeInputError(node, "clip", "a text encoder whose outputs can be batched per prompt",
                                  f"a '{key}' entry that differs between the prompts",
-                                 "use CLIP Text Encode for this model (one prompt for all views)")
+                                 "use an SD1.x / SD2.x / SDXL text encoder")
     return merged
 
 
-def batch_encodings(encodings: list[list[list[Any]]]) -> list[list[Any]]:
+def batch_encodings(encodings: list[list[list[Any]]], node: str = PROMPTS_NAME) -> list[list[Any]]:
     """Per-prompt conditionings (one entry per CLIP schedule step) -> one conditioning whose entries
     hold one row per prompt."""
     counts = {len(e) for e in encodings}
     if len(counts) != 1:
-        raise NodeInputError(PROMPTS_NAME, "clip", "the same CLIP schedule for every prompt",
+        raise NodeInputError(node, "clip", "the same CLIP schedule for every prompt",
                              f"{sorted(counts)} scheduled entries", "remove the CLIP hooks or use one prompt")
     out = []
     for step in zip(*encodings):
@@ -73,8 +73,8 @@ def batch_encodings(encodings: list[list[list[Any]]]) -> list[list[Any]]:
         padded = math.lcm(*lengths)
         if padded > LCM_WARN_FACTOR * min(lengths):
             log.warning("%s: prompt lengths %s tokens are repeated to %d tokens; shorter prompts (up to 75 tokens "
-                        "each) are cheaper", PROMPTS_NAME, sorted(set(lengths)), padded)
-        out.append([stack_token_sequences(conds), merge_options([entry[1] for entry in step])])
+                        "each) are cheaper", node, sorted(set(lengths)), padded)
+        out.append([stack_token_sequences(conds), merge_options([entry[1] for entry in step], node)])
     return out
 
 

@@ -47,6 +47,21 @@ def fusion_run(ckpt, positive, negative) -> tuple:
     return masks, latent
 
 
+EDIT_SOURCE, EDIT_TARGET = "a red chair", "a blue chair"
+
+
+def captured_maps(model, positive, negative):
+    """Capture Attention's maps filled by a short run of its model (what Attention Maps reads)."""
+    captured, maps = by_id("ParallaxCaptureAttention").execute(model, layers="all").args
+    guider = comfy.samplers.CFGGuider(captured)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(5.0)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 2)
+    SamplerCustomAdvanced.execute(Noise_RandomNoise(0), guider, comfy.samplers.sampler_object("euler"), sigmas,
+                                  {"samples": torch.zeros(1, 4, 8, 8)})
+    return maps
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny SD2.1 checkpoint, an SD2.1 t2mv adapter file in models/mvadapter, and the AnyDoor pieces."""
@@ -71,9 +86,12 @@ def env(tmp_path_factory):
         caa = by_id("ParallaxCAALoader").execute(caa_name=f"{CAA}.safetensors").args[0]
         rig = by_id("ParallaxPanoramaCameras").execute(views=4, width=64, height=64).args[0]
         masks, latent = fusion_run(ckpt, positive, negative)
+        edit_tokens = by_id("ParallaxEditPrompts").execute(ckpt.clip, EDIT_SOURCE, EDIT_TARGET, 64, 64).args[2]
+        maps = captured_maps(ckpt.model, positive, negative)
         yield SimpleNamespace(model=ckpt.model, adapter=adapter, cameras=cameras, positive=positive,
                               negative=negative, scene=scene, scene_mask=scene_mask, object=obj,
-                              object_mask=obj_mask, masks=masks, latent=latent, caa=caa, rig=rig, clip=ckpt.clip)
+                              object_mask=obj_mask, masks=masks, latent=latent, caa=caa, rig=rig, clip=ckpt.clip,
+                              edit_tokens=edit_tokens, attention_maps=maps)
 
 
 def valid_inputs(node_id: str, env) -> dict:
@@ -129,6 +147,19 @@ def valid_inputs(node_id: str, env) -> dict:
     if node_id == "ParallaxCorrespondenceAttention":
         return dict(model=env.model, cameras=env.rig, cross_view_bias=0.5, loop_closure=False, active_steps=0.8,
                     sync_x0=0.5, sync_steps=0.8)
+    if node_id == "ParallaxEditPrompts":
+        return dict(clip=env.clip, source=EDIT_SOURCE, edits=f"{EDIT_TARGET}\na green chair", width=64, height=64,
+                    latent={"samples": torch.zeros(1, 4, 8, 8)})
+    if node_id == "ParallaxAttentionEdit":
+        return dict(model=env.model, edit_tokens=env.edit_tokens, mode="replace", cross_steps=0.8,
+                    word_cross_steps="blue:0.4", self_steps=0.4, self_levels="latent/4", reweight="blue:2",
+                    blend_words="chair", blend_threshold=0.3, blend_start=0.0, blend_subtract="red, blue",
+                    blend_level="latent/4")
+    if node_id == "ParallaxCaptureAttention":
+        return dict(model=env.model, layers="all", start=0.0, end=1.0)
+    if node_id == "ParallaxAttentionMaps":  # env.positive encodes "a chair"
+        return dict(maps=env.attention_maps, images=torch.rand(1, 64, 64, 3), clip=env.clip, prompt="a chair",
+                    words="chair", opacity=0.5)
     raise KeyError(f"no valid inputs written for {node_id}: add them to valid_inputs")
 
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from parallax.kernels.p2p_edit import (
+    cross_edit,
+    edit_probabilities,
     local_blend,
     local_blend_mask,
     refine_edit,
@@ -408,3 +410,71 @@ def test_local_blend_errors():
         local_blend_mask(maps, [[1], []], (8, 8))
     with pytest.raises(ValueError, match="downsampling"):
         local_blend_mask(maps, [[1], [1]], (7, 9))
+
+
+# ---------------------------------------------------------------------------------------------
+# Explicit-probability form (LocalBlend layers, A/B reference) and the patch-list forms
+
+
+@pytest.mark.parametrize("length", [77, 154])
+def test_edit_probabilities_times_v_equals_the_sdpa_form(length):
+    g = torch.Generator().manual_seed(5)
+    q_s, q_t = (torch.randn(1, HEADS, N, D, generator=g, dtype=torch.float64) for _ in range(2))
+    k_s, k_t, v_t = (torch.randn(1, HEADS, length, D, generator=g, dtype=torch.float64) for _ in range(3))
+    mapper = torch.rand(77, 77, generator=g, dtype=torch.float64)
+    keep, e = torch.rand(77, generator=g, dtype=torch.float64), torch.randn(77, generator=g, dtype=torch.float64)
+    alpha = (torch.rand(77, generator=g) > 0.3).double()
+    a = edit_probabilities(probs(q_s, k_s), probs(q_t, k_t), alpha, mapper=mapper, keep=keep, equalizer=e)
+    sdpa = cross_edit(q_s, k_s, q_t, k_t, v_t, alpha, mapper=mapper, keep=keep, equalizer=e)
+    assert torch.allclose(a @ v_t, sdpa, rtol=0, atol=1e-12)
+    # against the reference written out for one 77-block: refine-like keep plus the mapped source
+    r = probs(q_s, k_s) @ torch.block_diag(*[mapper] * (length // 77)) + probs(q_t, k_t) * keep.repeat(length // 77)
+    want = alpha.repeat(length // 77) * r * e.repeat(length // 77) + (1 - alpha.repeat(length // 77)) * probs(q_t, k_t)
+    assert torch.allclose(a, want, rtol=0, atol=1e-14)
+
+
+def projected_attention(n, context, value, w_q, w_k, w_v, heads=HEADS):
+    """ComfyUI's CrossAttention on patched inputs: bias-free to_q/to_k/to_v, then softmax attention."""
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+    q, k, v = split(n @ w_q.T), split(context @ w_k.T), split(value @ w_v.T)
+    return probs(q, k) @ v, (split(n @ w_q.T), split(context @ w_k.T), split(value @ w_v.T))
+
+
+def test_patch_list_self_injection_equals_the_explicit_edit():
+    """attn1_patch form: n[t] <- n[s], context[t] <- n[s], value[t] <- n[t] (new tensors, never in place)."""
+    g = torch.Generator().manual_seed(6)
+    c = HEADS * D
+    x = torch.randn(3, N, c, generator=g, dtype=torch.float64)  # [source, target, target]
+    w_q, w_k, w_v = (torch.randn(c, c, generator=g, dtype=torch.float64) for _ in range(3))
+    n = torch.cat([x[:1], x[:1].expand(2, -1, -1)])
+    context, value = n.clone(), x.clone()
+    out, _ = projected_attention(n, context, value, w_q, w_k, w_v)
+    _, (q, k, v) = projected_attention(x, x, x, w_q, w_k, w_v)
+    want = probs(q[:1], k[:1]) @ v  # A_tgt <- A_src, each row with its own values
+    assert torch.allclose(out, want, rtol=0, atol=1e-10)
+    assert torch.allclose(out, self_inject(q[:1], k[:1], v), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("with_equalizer", [False, True])
+def test_patch_list_uniform_window_equals_the_explicit_edit(with_equalizer):
+    """attn2_patch form of a window open on every column: n[t] <- n[s], context[t] <- context[s],
+    value[t] <- M context[t] (or e * context[t])."""
+    g = torch.Generator().manual_seed(7)
+    c = HEADS * D
+    x = torch.randn(2, N, c, generator=g, dtype=torch.float64)
+    ctx = torch.randn(2, L, 12, generator=g, dtype=torch.float64)
+    w_q = torch.randn(c, c, generator=g, dtype=torch.float64)
+    w_k, w_v = (torch.randn(c, 12, generator=g, dtype=torch.float64) for _ in range(2))
+    m = torch.rand(L, L, generator=g, dtype=torch.float64)
+    e = torch.randn(L, generator=g, dtype=torch.float64)
+    value_t = (e[:, None] * ctx[1]) if with_equalizer else m @ ctx[1]
+    n = torch.stack([x[0], x[0]])
+    context = torch.stack([ctx[0], ctx[0]])
+    value = torch.stack([ctx[0], value_t])
+    out, _ = projected_attention(n, context, value, w_q, w_k, w_v)
+    _, (q, k, v) = projected_attention(x, ctx, ctx, w_q, w_k, w_v)
+    a_src = probs(q[:1], k[:1])
+    r = a_src * e if with_equalizer else a_src @ m  # R = A_src M (or A_src e), alpha = 1
+    assert torch.allclose(out[1:], r @ v[1:], rtol=0, atol=1e-9)

@@ -43,6 +43,10 @@ def one_prompt(inputs: dict) -> tuple[str, dict]:
 
 # Pack nodes whose outputs no input can stand for (a bypass would leave the graph without them).
 STAND_INS = {"ParallaxSaliencyNoiseFusion": cfg_guider, "ParallaxPerViewPrompts": one_prompt}
+# Pack nodes that only make stock inputs (a prompt batch and its latent): the plain graph keeps them.
+KEPT = {"ParallaxEditPrompts"}
+# Pack nodes that watch a run without changing it: what only they feed must save the same pixels.
+OBSERVERS = {"ParallaxCaptureAttention"}
 
 
 def without_pack(prompt: dict, object_info: dict) -> dict:
@@ -53,7 +57,7 @@ def without_pack(prompt: dict, object_info: dict) -> dict:
     replace: dict[tuple[str, int], list | None] = {}
     for node_id, node in prompt.items():
         kind = node["class_type"]
-        if not is_pack_node(kind, object_info):
+        if not is_pack_node(kind, object_info) or kind in KEPT:
             continue
         info = object_info[kind]
         if kind in STAND_INS:
@@ -115,15 +119,23 @@ def test_example_runs_and_its_parallax_nodes_change_the_output(host_server, path
     info = host_server.object_info
     plain_prompt = without_pack(prompt, info)
     # The outputs the pack's nodes feed that the plain graph still saves (cut ones have no counterpart).
-    compared = sorted(nid for nid in expected & set(plain_prompt)
-                      if any(is_pack_node(prompt[up]["class_type"], info) for up in upstream(prompt, nid)))
-    assert compared, "no output survives without the pack's nodes: add a stand-in to STAND_INS"
+    def pack_upstream(nid):
+        return {prompt[up]["class_type"] for up in upstream(prompt, nid)
+                if is_pack_node(prompt[up]["class_type"], info) and prompt[up]["class_type"] not in KEPT}
+
+    survivors = sorted(expected & set(plain_prompt))
+    compared = [nid for nid in survivors if pack_upstream(nid) - OBSERVERS]
+    observed = [nid for nid in survivors if pack_upstream(nid) and pack_upstream(nid) <= OBSERVERS]
+    assert compared or observed, "no output survives without the pack's nodes: add a stand-in to STAND_INS"
     plain = host_server.run(plain_prompt)
-    for node_id in compared:
+    for node_id in compared + observed:
         ours, theirs = pixels(host_server, result, node_id), pixels(host_server, plain, node_id)
         assert theirs, f"node {node_id} saved nothing without the pack's nodes"
         same = len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
-        assert not same, f"node {node_id} ({prompt[node_id]['class_type']}) saves the same without the pack's nodes"
+        if node_id in observed:
+            assert same, f"node {node_id} ({prompt[node_id]['class_type']}) changes under an observing pack node"
+        else:
+            assert not same, f"node {node_id} ({prompt[node_id]['class_type']}) saves the same without the pack's nodes"
 
 
 def test_without_pack_bypasses_and_stands_in():
