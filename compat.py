@@ -385,3 +385,39 @@ def shared_noise_options(sampler, noise: torch.Tensor, sigmas: torch.Tensor, see
         return row(sigma, sigma_next).expand(noise.shape)
 
     return {**options, "noise_sampler": batch_noise}
+
+
+def cross_attention_projections(model: ModelPatcher) -> dict[str, torch.Tensor]:
+    """The checkpoint's key and value projection weights of every UNet cross-attention (attn2), by
+    ModelPatcher key. A loaded patcher holds its weight patches (LoRAs, earlier edits) in the module;
+    the originals are then in the patchers' shared backup, which is what is returned."""
+    unet = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if unet is None:
+        return {}
+    backup = getattr(model, "backup", {}) or {}
+    found = {}
+    for name, module in unet.named_modules():
+        if name.endswith(".attn2") and isinstance(module, _attention.CrossAttention):
+            for proj in ("to_k", "to_v"):
+                key = f"diffusion_model.{name}.{proj}.weight"
+                saved = backup.get(key)
+                found[key] = saved.weight if saved is not None else getattr(module, proj).weight
+    return found
+
+
+# --- inversion -----------------------------------------------------------------------------------
+
+KSAMPLER = samplers.KSAMPLER
+SCHEDULER_NAMES = list(samplers.SCHEDULER_NAMES)
+
+
+def model_sigmas(model: ModelPatcher, scheduler: str, steps: int) -> torch.Tensor:
+    """The sampling schedule KSampler uses for ``steps`` steps of ``scheduler`` (denoise 1)."""
+    return samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+
+
+def is_eps_model(model: ModelPatcher) -> bool:
+    """True where the samplers' state is x = x0 + sigma eps (epsilon and v-prediction models; not flow models)."""
+    import comfy.model_sampling as ms
+
+    return isinstance(model.get_model_object("model_sampling"), ms.EPS)

@@ -31,7 +31,7 @@ TINY_MAX_SIDE = 256  # pixels, for Empty*Latent* nodes (aspect kept, multiples o
 TINY_MAX_STEPS = 8
 # Nodes besides Empty*Latent* whose width/height set the size of the images a graph generates: a
 # panorama rig's view size is the size Panorama Outpaint Views and Equirect To Views produce.
-SIZED_NODES = {"ParallaxPanoramaCameras", "ParallaxEditPrompts"}
+SIZED_NODES = {"ParallaxPanoramaCameras", "ParallaxEditPrompts", "ImageScale"}
 
 
 def example_paths() -> list[Path]:
@@ -70,7 +70,8 @@ def shrink_for_tiny(prompt: dict) -> None:
         size = (inputs.get("width"), inputs.get("height"))
         if _sets_image_size(node["class_type"]) and all(isinstance(v, int) for v in size):
             scale = min(1.0, TINY_MAX_SIDE / max(size))
-            inputs["width"], inputs["height"] = (max(32, round(v * scale / 32) * 32) for v in size)
+            # 0 means "keep the aspect" (ImageScale): it stays 0
+            inputs["width"], inputs["height"] = (max(32, round(v * scale / 32) * 32) if v else 0 for v in size)
         if isinstance(inputs.get("steps"), int):
             inputs["steps"] = min(inputs["steps"], TINY_MAX_STEPS)
 
@@ -81,7 +82,7 @@ def cheaper(prompt: dict, side: int = 128, steps: int = 2) -> dict:
     for node in prompt.values():
         inputs = node["inputs"]
         if _sets_image_size(node["class_type"]) and "width" in inputs:
-            inputs["width"], inputs["height"] = side, side
+            inputs["width"], inputs["height"] = (side if inputs.get(k) != 0 else 0 for k in ("width", "height"))
         if isinstance(inputs.get("steps"), int):
             inputs["steps"] = min(inputs["steps"], steps)
         if isinstance(inputs.get("canvas_size"), int):

@@ -396,3 +396,24 @@ def reweight_vector(
         cols = _in_context(inds, length, f"word {word!r}")
         e[cols] = float(value)
     return e
+
+
+# ---------------------------------------------------------------------------------------------
+# Phrases (paint-with-words regions)
+
+
+def phrase_token_indices(prompt: str, phrase: str, tokenize_word: TokenizeWord) -> list[int]:
+    """Token positions (start token = 0) of every occurrence of ``phrase``'s BPE pieces in ``prompt``.
+
+    Matching runs on the pieces, as paint-with-words does, so "red hat" matches inside "a red hat."
+    only where the pieces agree ("hat." tokenizes as "hat" + "."). Empty phrase or no match: ``[]``.
+    """
+    pieces = [p for w in split_words(phrase.strip()) if w for p in tokenize_word(w)]
+    tokens = [p for w in split_words(prompt) if w for p in tokenize_word(w)]
+    if not pieces:
+        return []
+    found: set[int] = set()
+    for i in range(len(tokens) - len(pieces) + 1):
+        if tokens[i : i + len(pieces)] == pieces:
+            found.update(range(i + 1, i + 1 + len(pieces)))
+    return sorted(found)

@@ -12,14 +12,18 @@ from . import (
     attention_edit,
     attention_maps,
     caa,
+    concept_edit,
     corr_attention,
     edit_prompts,
     equirect,
     high_freq_map,
+    invert,
+    masactrl,
     mv_adapter,
     mv_adapter_loader,
     mv_cameras,
     mv_geometry,
+    paint_with_words,
     panorama_views,
     per_view_prompts,
     saliency_fusion,
@@ -28,7 +32,7 @@ from . import (
 
 CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter_loader, mv_adapter, shift_snr, mv_cameras, mv_geometry,
                 saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views, edit_prompts,
-                attention_edit, attention_maps)
+                attention_edit, attention_maps, masactrl, paint_with_words, concept_edit, invert)
 
 
 class ParallaxExtension(ComfyExtension):

@@ -158,7 +158,7 @@ def _words(clip, prompt: str, words: str) -> list[tuple[str, list[int]]]:
 
     def tokenize(word: str) -> tuple[int, ...]:
         if word not in pieces:
-            pieces[word] = word_pieces(clip, word)
+            pieces[word] = word_pieces(clip, word, MAPS_NAME)
         return pieces[word]
 
     names = [w.strip() for w in words.replace("\n", ",").split(",") if w.strip()] if words.strip() else \

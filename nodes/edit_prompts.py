@@ -79,13 +79,13 @@ def _real_tokens(ids: list[int]) -> list[int]:
     return body[: body.index(CLIP_EOS)] if CLIP_EOS in body else body
 
 
-def word_pieces(clip, word: str) -> tuple[int, ...]:
+def word_pieces(clip, word: str, node: str = DISPLAY_NAME) -> tuple[int, ...]:
     """The BPE ids of one space-free word from the host's tokenizer (every CLIP of the model agrees)."""
     tokens = clip.tokenize(word)
     found = {key: tuple(_real_tokens(_ids(chunks[0]))) for key, chunks in tokens.items() if chunks}
     values = set(found.values())
     if len(values) != 1:
-        raise NodeInputError(DISPLAY_NAME, "clip", "a CLIP whose text encoders split words the same way",
+        raise NodeInputError(node, "clip", "a CLIP whose text encoders split words the same way",
                              f"{sorted(found)} tokenizers that disagree on {word!r}",
                              "use an SD1.x / SD2.x / SDXL checkpoint's CLIP")
     return values.pop()

@@ -160,6 +160,22 @@ def valid_inputs(node_id: str, env) -> dict:
     if node_id == "ParallaxAttentionMaps":  # env.positive encodes "a chair"
         return dict(maps=env.attention_maps, images=torch.rand(1, 64, 64, 3), clip=env.clip, prompt="a chair",
                     words="chair", opacity=0.5)
+    if node_id == "ParallaxMasaCtrl":  # env.edit_tokens: "a red chair" -> "a blue chair"
+        return dict(model=env.model, edit_tokens=env.edit_tokens, start_step=4, start_layer=10, variant="masked",
+                    source_mask=torch.ones(1, 16, 16), target_mask=torch.ones(1, 16, 16), auto_words="chair",
+                    auto_threshold=0.1)
+    if node_id == "ParallaxPaintWithWords":
+        masks = torch.zeros(2, 16, 16)
+        masks[0, :8], masks[1, 8:] = 1.0, 1.0
+        return dict(model=env.model, clip=env.clip, prompt="a red chair on a wooden floor", masks=masks,
+                    regions="a red chair, 0.8\nwooden floor, 0.5", weight_scale=0.4, sigma_term="log(1+sigma)",
+                    score_term="max")
+    if node_id == "ParallaxConceptEdit":
+        return dict(model=env.model, clip=env.clip, source="a chair", destination="a red chair", strength=1.0,
+                    lamb=0.1, augment=True)
+    if node_id == "ParallaxInvert":
+        return dict(model=env.model, positive=env.positive, negative=env.negative,
+                    latent={"samples": torch.zeros(1, 4, 8, 8)}, steps=2, scheduler="normal", cfg=1.0)
     raise KeyError(f"no valid inputs written for {node_id}: add them to valid_inputs")
 
 

@@ -9,11 +9,10 @@ its prompt is refused with a message that names the node and the input.
 from __future__ import annotations
 
 import copy
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from graph_edits import node_id, nodes_of, pixels, smaller
 
 import examples
 from host_server import PromptFailed
@@ -22,26 +21,16 @@ SIDE, STEPS = 128, 4
 P2P = {"p2p_word_swap_lb_sd15": "parallax/p2p_squirrel_lion", "p2p_refine_reweight_sdxl": "parallax/p2p_pea_soup_sdxl"}
 
 
-def smaller(prompt: dict) -> dict:
-    """``examples.cheaper``, and Edit Prompts' empty latent at the same side."""
-    examples.cheaper(prompt, side=SIDE, steps=STEPS)
-    for node in nodes_of(prompt, "ParallaxEditPrompts"):
-        node["inputs"]["width"] = node["inputs"]["height"] = SIDE
-    return prompt
 
 
-def nodes_of(prompt: dict, class_type: str) -> list[dict]:
-    return [node for node in prompt.values() if node["class_type"] == class_type]
 
 
-def node_id(prompt: dict, class_type: str) -> str:
-    (found,) = [nid for nid, node in prompt.items() if node["class_type"] == class_type]
-    return found
 
 
-def pixels(server, result, nid: str) -> list[np.ndarray]:
-    return [np.asarray(Image.open(io.BytesIO(server.view(image))).convert("RGB"))
-            for n, image in result.images if n == nid]
+
+
+
+
 
 
 def saved(server, prompt: dict, result, prefix: str) -> list[np.ndarray]:
@@ -52,7 +41,7 @@ def saved(server, prompt: dict, result, prefix: str) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("name", sorted(P2P))
 def test_p2p_example_saves_one_image_per_prompt_and_keeps_the_source(host_server, name):
-    prompt, result = examples.run_tiny(host_server, name, smaller)
+    prompt, result = examples.run_tiny(host_server, name, lambda p: smaller(p, SIDE, STEPS))
     images = saved(host_server, prompt, result, P2P[name])
     assert len(images) == 2 and all(image.shape == (SIDE, SIDE, 3) for image in images)
     assert not np.array_equal(images[0], images[1])
@@ -70,7 +59,7 @@ def test_p2p_example_saves_one_image_per_prompt_and_keeps_the_source(host_server
 
 
 def test_attention_maps_example_saves_the_image_overlays_and_masks(host_server):
-    prompt, result = examples.run_tiny(host_server, "attention_maps_sd15", smaller)
+    prompt, result = examples.run_tiny(host_server, "attention_maps_sd15", lambda p: smaller(p, SIDE, STEPS))
     image = saved(host_server, prompt, result, "parallax/attention_maps_image")
     overlays = saved(host_server, prompt, result, "parallax/attention_maps")
     masks = pixels(host_server, result, node_id(prompt, "PreviewImage"))
@@ -97,7 +86,7 @@ def test_attention_maps_example_saves_the_image_overlays_and_masks(host_server):
 
 def test_blend_word_missing_from_its_prompt_names_the_node_and_the_input(host_server):
     def tiger(prompt: dict) -> dict:
-        nodes_of(smaller(prompt), "ParallaxAttentionEdit")[0]["inputs"]["blend_words"] = "squirrel, tiger"
+        nodes_of(smaller(prompt, SIDE, STEPS), "ParallaxAttentionEdit")[0]["inputs"]["blend_words"] = "squirrel, tiger"
         return prompt
 
     with pytest.raises(PromptFailed) as err:

@@ -22,7 +22,11 @@ STEPS = examples.TINY_MAX_STEPS // 2
 
 
 def fewer_steps(prompt: dict) -> dict:
-    return examples.cheaper(prompt, side=128, steps=STEPS)
+    prompt = examples.cheaper(prompt, side=128, steps=STEPS)
+    for node in prompt.values():  # absolute start steps follow the step cap (MasaCtrl starts at 4 of 50)
+        if isinstance(node["inputs"].get("start_step"), int):
+            node["inputs"]["start_step"] = min(node["inputs"]["start_step"], STEPS // 2)
+    return prompt
 
 
 def is_pack_node(class_type: str, object_info: dict) -> bool:

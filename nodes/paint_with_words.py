@@ -1,0 +1,171 @@
+"""Paint With Words: regions of the image tied to phrases of the prompt (eDiff-I's paint-with-words, as
+cloneofsimo/paint-with-words-sd runs it on Stable Diffusion), natively in every cross-attention layer.
+
+Each region is a MASK with a line "phrase, strength"; in the cond chunk of every attn2 call the
+phrase's token columns get the sigma-scaled bias ``w' A`` inside the region (``kernels.paint_with_words``)
+through the host's attention kernel with an additive mask. Uncond chunks keep the host's own output
+bit for bit, and a weight of 0 returns the input model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from .. import compat
+from ..core import patches, runs
+from ..core.attention_control import call_site, model_layers, replace_rows
+from ..kernels.p2p_edit import tile_columns
+from ..kernels.p2p_tokens import CONTEXT_LENGTH, phrase_token_indices
+from ..kernels.paint_with_words import SCORE_TERMS, SIGMA_TERMS, logit_scores, region_grid, region_matrix
+from .edit_prompts import word_pieces
+from .errors import NodeInputError, check_choice
+from .validation import checked_inputs
+
+KEY = "parallax_paint_with_words"
+DISPLAY_NAME = "Paint With Words"
+
+
+@dataclass(frozen=True, eq=False)
+class PaintPlan(runs.RunSpec):
+    masks: torch.Tensor  # [R, H, W] in [0, 1]
+    columns: tuple[tuple[int, ...], ...]
+    strengths: tuple[float, ...]
+    scale: float
+    sigma_term: str
+    score_term: str
+    node = DISPLAY_NAME
+
+    def new_run(self, call: runs.SampleCall) -> PaintRun:
+        latent = call.latent_image if call.latent_image is not None else call.noise
+        return PaintRun(None if latent is None else tuple(int(s) for s in latent.shape[-2:]))
+
+    def attention(self, q, k, v, extra_options, base):
+        """attn2 replace: the cond chunks attend with the region bias; everything else is the base's output."""
+        out = base(q, k, v, extra_options)
+        run = runs.current_run(extra_options, KEY, PaintRun, DISPLAY_NAME)
+        if run is None:
+            return out
+        site = call_site(q, extra_options, DISPLAY_NAME)
+        if not site.cond_chunks or (run.latent is not None and site.latent is not None and site.latent != run.latent):
+            return out
+        regions = region_matrix(region_grid(self.masks.to(q.device), site.grid), self.columns, self.strengths)
+        regions = tile_columns(regions, k.shape[1], CONTEXT_LENGTH, "the region matrix")  # LCM-padded contexts
+        sigma = extra_options["sigmas"].detach().to(device=q.device, dtype=torch.float32).max()
+        s = torch.log1p(sigma) if self.sigma_term == SIGMA_TERMS[0] else torch.log1p(sigma * sigma)
+        scale = (q.shape[-1] // site.heads) ** -0.5
+        for chunk in site.cond_chunks:
+            rows = torch.arange(chunk.rows.start, chunk.rows.stop, device=q.device)
+            qc, kc, vc = q[chunk.rows], k[chunk.rows], v[chunk.rows]
+            scores = logit_scores(qc, kc, site.heads)
+            stat = scores.amax() if self.score_term == "max" else scores.std()
+            bias = (self.scale * s * stat) * regions.to(scores.dtype) * scale  # enters the logits after the scale
+            new = compat.optimized_attention(qc, kc, vc, site.heads, mask=bias.to(q.dtype),
+                                             attn_precision=extra_options.get("attn_precision"),
+                                             transformer_options=extra_options)
+            out = replace_rows(out, rows, new)
+        return out
+
+
+class PaintRun(runs.Run):
+    def __init__(self, latent: tuple[int, int] | None):
+        self.latent = latent
+
+
+def _regions(text: str, count: int) -> list[tuple[str, float]]:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != count:
+        raise NodeInputError(DISPLAY_NAME, "regions", f"one 'phrase, strength' line per mask ({count})",
+                             f"{len(lines)} lines", "write one line per mask, in the masks' order")
+    out = []
+    for line in lines:
+        phrase, sep, value = line.rpartition(",")
+        try:
+            if not sep or not phrase.strip():
+                raise ValueError
+            out.append((phrase.strip(), float(value)))
+        except ValueError:
+            raise NodeInputError(DISPLAY_NAME, "regions", "lines 'phrase, strength' (e.g. 'a red hat, 0.6')",
+                                 repr(line), "end each line with a comma and a number") from None
+    return out
+
+
+class PaintWithWords(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ParallaxPaintWithWords",
+            display_name=DISPLAY_NAME,
+            category="Parallax/attention",
+            description=("eDiff-I's paint-with-words: each mask region is tied to a phrase of the prompt by a "
+                         "sigma-scaled bias on that phrase's cross-attention inside the region (cond only, every "
+                         "cross-attention layer). No training; any SD1.x / SD2.x / SDXL model."),
+            is_experimental=True,
+            inputs=[
+                io.Model.Input("model", tooltip="SD1.x / SD2.x / SDXL model."),
+                io.Clip.Input("clip", tooltip="The text encoder of the positive prompt (to find the phrases' tokens)."),
+                io.String.Input("prompt", multiline=True, default="a red hat on a wooden table",
+                                tooltip="The positive prompt exactly as encoded; every phrase must occur in it."),
+                io.Mask.Input("masks", tooltip="One mask per region (a batch), any size: white = the phrase's region."),
+                io.String.Input("regions", multiline=True, default="a red hat, 0.6",
+                                tooltip="One 'phrase, strength' line per mask, in order (strength 0.4-1 typical)."),
+                io.Float.Input("weight_scale", default=0.4, min=0.0, max=5.0, step=0.05,
+                               tooltip="c in w' = c log(1+sigma) max(QK^T): 0.1 in the library default, 0.4 in its "
+                               "README examples, 0.15-0.2 for inpainting; 0 = off."),
+                io.Combo.Input("sigma_term", options=list(SIGMA_TERMS), default=SIGMA_TERMS[0],
+                               tooltip="How the bias follows the noise level (log(1+sigma^2) keeps it longer)."),
+                io.Combo.Input("score_term", options=list(SCORE_TERMS), default=SCORE_TERMS[0],
+                               tooltip="Scale the bias by the max (original) or the standard deviation of the "
+                               "call's attention logits."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with region-biased cross-attention (a patched clone).")],
+        )
+
+    @classmethod
+    @checked_inputs
+    def execute(cls, model, clip, prompt: str, masks: torch.Tensor, regions: str, weight_scale: float = 0.4,
+                sigma_term: str = SIGMA_TERMS[0], score_term: str = SCORE_TERMS[0]) -> io.NodeOutput:
+        check_choice(DISPLAY_NAME, "sigma_term", sigma_term, list(SIGMA_TERMS))
+        check_choice(DISPLAY_NAME, "score_term", score_term, list(SCORE_TERMS))
+        layers = model_layers(model)
+        if not layers:
+            raise NodeInputError(DISPLAY_NAME, "model", "an SD1.x / SD2.x / SDXL UNet", "another kind of model",
+                                 "load an SD1.5, SD2 or SDXL checkpoint")
+        masks = masks if masks.dim() == 3 else masks[None]
+        if masks.amin() < 0 or masks.amax() > 1:
+            raise NodeInputError(DISPLAY_NAME, "masks", "masks with values in [0, 1]", "values outside",
+                                 "connect masks from LoadImage / a mask editor")
+        prompt = " ".join(prompt.splitlines()).strip()
+        pieces: dict[str, tuple[int, ...]] = {}
+
+        def tokenize(word: str) -> tuple[int, ...]:
+            if word not in pieces:
+                pieces[word] = word_pieces(clip, word, DISPLAY_NAME)
+            return pieces[word]
+
+        length = sum(len(tokenize(w)) for w in prompt.split(" ") if w)
+        if length > CONTEXT_LENGTH - 2:
+            raise NodeInputError(DISPLAY_NAME, "prompt", f"a prompt of at most {CONTEXT_LENGTH - 2} tokens (one CLIP "
+                                 "block: region columns are counted in it)", f"{length} tokens",
+                                 "shorten the prompt")
+        columns = []
+        parsed = _regions(regions, masks.shape[0])
+        for phrase, _ in parsed:
+            cols = tuple(c for c in phrase_token_indices(prompt, phrase, tokenize) if c < CONTEXT_LENGTH - 1)
+            if not cols:
+                raise NodeInputError(DISPLAY_NAME, "regions", "phrases that occur in the prompt",
+                                     f"{phrase!r}, which is not in {prompt!r}", "copy the phrase from the prompt")
+            columns.append(cols)
+        if weight_scale == 0 or all(s == 0 for _, s in parsed):
+            return io.NodeOutput(model)
+        plan = PaintPlan(masks.detach().float().cpu(), tuple(columns), tuple(s for _, s in parsed),
+                         float(weight_scale), sigma_term, score_term)
+        m = model.clone()
+        runs.install(m, KEY, plan)
+        patches.add_replace(m, "attn2", KEY, plan.attention, [layer.address for layer in layers])
+        return io.NodeOutput(m)
+
+
+NODES = [PaintWithWords]
