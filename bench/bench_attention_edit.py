@@ -312,8 +312,8 @@ def bench_arch(arch: str, args) -> dict:
     return {"arch": arch, "latent": latent, "results": results}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, schedule and timing options shared by the attention benchmarks."""
     parser.add_argument("--arch", nargs="+", default=["sd15", "sdxl"], choices=sorted(ARCH))
     parser.add_argument("--channels", type=int, default=64, help="model channels (SD1.5 / SDXL: 320)")
     parser.add_argument("--latent", type=int, default=0,
@@ -324,6 +324,11 @@ def main(argv=None) -> int:
     parser.add_argument("--sdxl-head-dim", type=int, default=32, help="SDXL attention head width (real: 64)")
     parser.add_argument("--attention", choices=["host", "sdpa"], default="host",
                         help="host: ComfyUI's CPU default (sub-quadratic); sdpa: torch SDPA, as on a GPU")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

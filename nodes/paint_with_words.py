@@ -51,8 +51,7 @@ class PaintPlan(runs.RunSpec):
         site = call_site(q, extra_options, DISPLAY_NAME)
         if not site.cond_chunks or (run.latent is not None and site.latent is not None and site.latent != run.latent):
             return out
-        regions = region_matrix(region_grid(self.masks.to(q.device), site.grid), self.columns, self.strengths)
-        regions = tile_columns(regions, k.shape[1], CONTEXT_LENGTH, "the region matrix")  # LCM-padded contexts
+        regions = run.regions(self, site.grid, k.shape[1], q.device)
         sigma = extra_options["sigmas"].detach().to(device=q.device, dtype=torch.float32).max()
         s = torch.log1p(sigma) if self.sigma_term == SIGMA_TERMS[0] else torch.log1p(sigma * sigma)
         scale = (q.shape[-1] // site.heads) ** -0.5
@@ -70,8 +69,21 @@ class PaintPlan(runs.RunSpec):
 
 
 class PaintRun(runs.Run):
+    """One sampling run: the region matrices per (grid, context length, device), built once."""
+
     def __init__(self, latent: tuple[int, int] | None):
         self.latent = latent
+        self._regions: dict[tuple, torch.Tensor] = {}
+
+    def regions(self, plan: PaintPlan, grid: tuple[int, int], length: int, device) -> torch.Tensor:
+        key = (grid, length, str(device))
+        if key not in self._regions:
+            a = region_matrix(region_grid(plan.masks.to(device), grid), plan.columns, plan.strengths)
+            self._regions[key] = tile_columns(a, length, CONTEXT_LENGTH, "the region matrix")  # LCM-padded contexts
+        return self._regions[key]
+
+    def close(self) -> None:
+        self._regions.clear()
 
 
 def _regions(text: str, count: int) -> list[tuple[str, float]]:
