@@ -31,6 +31,7 @@ from .. import compat
 from ..kernels.attention_layers import Layer, block_levels, layer_table
 from ..kernels.patch_layout import COND, BatchLayoutError, Chunk, cfg_chunks, layer_address, token_grid
 from ..kernels.steps import step_index
+from .runs import current_run
 
 STEP_KEY = "parallax_step"  # extra_options entry: StepClock of the current model call
 CLOCK_KEY = "parallax_step_clock"  # the APPLY_MODEL wrapper's key
@@ -92,6 +93,21 @@ def call_site(q: torch.Tensor, extra_options: dict, node: str) -> CallSite:
     latent = (int(shape[-2]), int(shape[-1])) if shape is not None and len(shape) >= 4 else None
     return CallSite(layer_address(extra_options), chunks, chunks[0].rows.stop, int(extra_options["n_heads"]),
                     extra_options.get(STEP_KEY), grid, latent)
+
+
+def active_call(q: torch.Tensor, extra_options: dict, key: str, kind: type, node: str,
+                need_clock: bool = True) -> tuple[object, CallSite] | tuple[None, None]:
+    """The run under ``key`` and the call's site, or (None, None) where a patch leaves the call alone:
+    outside a sampling run, outside a sampler's schedule (``need_clock``), or in an area conditioning's
+    crop (its latent differs from the run's, whose ``latent`` attribute holds the full size)."""
+    run = current_run(extra_options, key, kind, node)
+    if run is None:
+        return None, None
+    site = call_site(q, extra_options, node)
+    full = getattr(run, "latent", None)
+    if (need_clock and site.clock is None) or (full is not None and site.latent is not None and site.latent != full):
+        return None, None
+    return run, site
 
 
 def heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:

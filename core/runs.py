@@ -37,6 +37,12 @@ class SampleCall:
         return cls(guider, bound.get("noise"), bound.get("latent_image"), bound.get("sigmas"))
 
     @property
+    def latent_size(self) -> tuple[int, int] | None:
+        """(h, w) of the run's latent (the noise's when no latent image was given), or None."""
+        latent = self.latent_image if self.latent_image is not None else self.noise
+        return None if latent is None else (int(latent.shape[-2]), int(latent.shape[-1]))
+
+    @property
     def model_patcher(self):
         return self.guider.model_patcher
 

@@ -23,7 +23,7 @@ from comfy_api.latest import io
 from ..core import patches, runs
 from ..core.attention_control import (
     StepClock,
-    call_site,
+    active_call,
     heads_first,
     heads_last,
     host_attention,
@@ -91,18 +91,14 @@ class EditPlan(runs.RunSpec):
         return len(self.tokens.prompts)
 
     def new_run(self, call: runs.SampleCall) -> EditRun:
-        latent = call.latent_image if call.latent_image is not None else call.noise
-        return EditRun(self, None if latent is None else tuple(int(s) for s in latent.shape[-2:]))
+        return EditRun(self, call.latent_size)
 
     # --- attention replaces ---------------------------------------------------------------------------
 
     def _site(self, q, extra_options):
-        run = runs.current_run(extra_options, KEY, EditRun, DISPLAY_NAME)
+        run, site = active_call(q, extra_options, KEY, EditRun, DISPLAY_NAME)
         if run is None:
             return None, None
-        site = call_site(q, extra_options, DISPLAY_NAME)
-        if site.clock is None or (run.latent is not None and site.latent is not None and site.latent != run.latent):
-            return None, None  # outside a sampler's schedule, or an area conditioning's crop
         if site.per != self.prompts:
             raise RuntimeError(f"{DISPLAY_NAME}: the sampled batch holds {site.per} latents per conditioning but Edit "
                                f"Prompts made {self.prompts} prompts. Fix: sample Edit Prompts' latent (one sample per "

@@ -18,11 +18,11 @@ import torch
 from comfy_api.latest import io
 
 from ..core import patches, runs
-from ..core.attention_control import call_site, install_step_clock, model_layers
+from ..core.attention_control import active_call, install_step_clock, model_layers
 from ..kernels.attention_layers import select_layers
 from ..kernels.attention_maps import attention_probabilities, fold_context, normalize_maps, overlay, token_heatmaps
 from ..kernels.p2p_tokens import self_step_range, split_words, window_bounds, word_token_indices
-from .edit_prompts import word_pieces
+from .edit_prompts import WordPieces
 from .errors import NodeInputError
 from .validation import checked_inputs, register_custom_type
 
@@ -63,17 +63,13 @@ class CapturePlan(runs.RunSpec):
         self.store, self.window = store, window
 
     def new_run(self, call: runs.SampleCall) -> CaptureRun:
-        latent = call.latent_image if call.latent_image is not None else call.noise
-        return CaptureRun(self, None if latent is None else tuple(int(s) for s in latent.shape[-2:]))
+        return CaptureRun(self, call.latent_size)
 
     def attention(self, q, k, v, extra_options, base):
         """attn2 replace: the host's output, plus the cond chunk's probabilities added to the run's sums."""
         out = base(q, k, v, extra_options)
-        run = runs.current_run(extra_options, KEY, CaptureRun, CAPTURE_NAME)
-        if run is None:
-            return out
-        site = call_site(q, extra_options, CAPTURE_NAME)
-        if site.clock is None or not site.cond_chunks or (run.latent and site.latent and site.latent != run.latent):
+        run, site = active_call(q, extra_options, KEY, CaptureRun, CAPTURE_NAME)
+        if run is None or not site.cond_chunks:
             return out
         if site.clock.step not in self_step_range(self.window, site.clock.steps):
             return out
@@ -154,13 +150,7 @@ class CaptureAttention(io.ComfyNode):
 
 
 def _words(clip, prompt: str, words: str) -> list[tuple[str, list[int]]]:
-    pieces: dict[str, tuple[int, ...]] = {}
-
-    def tokenize(word: str) -> tuple[int, ...]:
-        if word not in pieces:
-            pieces[word] = word_pieces(clip, word, MAPS_NAME)
-        return pieces[word]
-
+    tokenize = WordPieces(clip, MAPS_NAME)
     names = [w.strip() for w in words.replace("\n", ",").split(",") if w.strip()] if words.strip() else \
         list(dict.fromkeys(w for w in split_words(prompt) if w))
     out = []

@@ -15,22 +15,18 @@ from comfy_api.latest import io
 
 from .. import compat
 from ..kernels.concept_edit import align_tokens, augmented, edit_transform, weight_delta
-from ..kernels.p2p_tokens import CLIP_BOS, CLIP_EOS, CONTEXT_LENGTH, split_words
-from .edit_prompts import word_pieces
+from ..kernels.p2p_tokens import CLIP_EOS, CONTEXT_LENGTH, prompt_tokens
+from .edit_prompts import WordPieces
 from .errors import NodeInputError
 from .validation import checked_inputs
 
 DISPLAY_NAME = "Concept Edit"
 
 
-def _token_ids(clip, text: str, pieces: dict) -> list[int]:
-    ids = [CLIP_BOS]
-    for word in split_words(text):
-        if word:
-            if word not in pieces:
-                pieces[word] = word_pieces(clip, word, DISPLAY_NAME)
-            ids.extend(pieces[word])
-    return [*ids[: CONTEXT_LENGTH - 1], CLIP_EOS]
+def _token_ids(text: str, tokenize: WordPieces) -> list[int]:
+    """[BOS, pieces..., EOS] of the prompt's first 77-token block."""
+    ids = [int(t) for t in prompt_tokens(text, tokenize)]
+    return [*ids[: CONTEXT_LENGTH - 1], CLIP_EOS] if len(ids) > CONTEXT_LENGTH else ids
 
 
 def _embedding(clip, text: str) -> torch.Tensor:
@@ -42,13 +38,13 @@ def _embedding(clip, text: str) -> torch.Tensor:
 
 def concept_transform(clip, source: str, destination: str, lamb: float, augment: bool) -> torch.Tensor:
     """TIME's shared transform T for a source/destination pair (with augmentations)."""
-    pieces: dict[str, tuple[int, ...]] = {}
-    a_id, an_id = word_pieces(clip, "a", DISPLAY_NAME)[0], word_pieces(clip, "an", DISPLAY_NAME)[0]
+    tokenize = WordPieces(clip, DISPLAY_NAME)
+    a_id, an_id = tokenize("a")[0], tokenize("an")[0]
     sources, destinations = [], []
     pairs = zip(augmented(source), augmented(destination)) if augment else [(source, destination)]
     for old, new in pairs:
-        old_ids = [a_id if t == an_id else t for t in _token_ids(clip, old, pieces)]
-        new_ids = [a_id if t == an_id else t for t in _token_ids(clip, new, pieces)]
+        old_ids = [a_id if t == an_id else t for t in _token_ids(old, tokenize)]
+        new_ids = [a_id if t == an_id else t for t in _token_ids(new, tokenize)]
         try:
             index = align_tokens(old_ids, new_ids)
         except ValueError as err:

@@ -91,6 +91,19 @@ def word_pieces(clip, word: str, node: str = DISPLAY_NAME) -> tuple[int, ...]:
     return values.pop()
 
 
+class WordPieces:
+    """``word -> BPE ids`` from the host's tokenizer, each word tokenized once; errors name ``node``."""
+
+    def __init__(self, clip, node: str = DISPLAY_NAME):
+        self.clip, self.node = clip, node
+        self.pieces: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, word: str) -> tuple[int, ...]:
+        if word not in self.pieces:
+            self.pieces[word] = word_pieces(self.clip, word, self.node)
+        return self.pieces[word]
+
+
 def _check_prompt(clip, index: int, prompt: str, pieces: Mapping[str, tuple[int, ...]]) -> dict:
     """The prompt's first 77-token block (truncating with a warning) and a check that its columns are nameable."""
     tokens = clip.tokenize(prompt)
@@ -118,13 +131,13 @@ def _check_prompt(clip, index: int, prompt: str, pieces: Mapping[str, tuple[int,
 
 def edit_tokens(clip, prompts: Sequence[str]) -> tuple[EditTokens, list[dict]]:
     """The prompts' word pieces and their truncated token dicts, ready to encode."""
-    pieces: dict[str, tuple[int, ...]] = {}
+    tokenize = WordPieces(clip)
     for prompt in prompts:
         for word in split_words(prompt):
-            if word and word not in pieces:
-                pieces[word] = word_pieces(clip, word)
-    token_dicts = [_check_prompt(clip, i, p, pieces) for i, p in enumerate(prompts)]
-    return EditTokens(tuple(prompts), pieces), token_dicts
+            if word:
+                tokenize(word)
+    token_dicts = [_check_prompt(clip, i, p, tokenize.pieces) for i, p in enumerate(prompts)]
+    return EditTokens(tuple(prompts), tokenize.pieces), token_dicts
 
 
 def word_columns(tokens: EditTokens, text: str, node: str, input_name: str) -> tuple[tuple[int, ...], ...] | None:

@@ -17,7 +17,7 @@ from comfy_api.latest import io
 
 from ..core import patches, runs
 from ..core.attention_control import (
-    call_site,
+    active_call,
     heads_first,
     heads_last,
     host_attention,
@@ -50,16 +50,11 @@ class MasaPlan(runs.RunSpec):
     node = DISPLAY_NAME
 
     def new_run(self, call: runs.SampleCall) -> MasaRun:
-        latent = call.latent_image if call.latent_image is not None else call.noise
-        return MasaRun(None if latent is None else tuple(int(s) for s in latent.shape[-2:]))
+        return MasaRun(call.latent_size)
 
     def _site(self, q, extra_options):
-        run = runs.current_run(extra_options, KEY, MasaRun, DISPLAY_NAME)
-        if run is None:
-            return None, None
-        site = call_site(q, extra_options, DISPLAY_NAME)
-        if site.clock is None or site.clock.step < self.start_step or site.per < 2 or \
-                (run.latent is not None and site.latent is not None and site.latent != run.latent):
+        run, site = active_call(q, extra_options, KEY, MasaRun, DISPLAY_NAME)
+        if run is None or site.clock.step < self.start_step or site.per < 2:
             return None, None
         return run, site
 
@@ -112,11 +107,8 @@ class MasaPlan(runs.RunSpec):
     def record_maps(self, q, k, v, extra_options, base):
         """attn2 replace at latent/4 (auto): the cond chunk's head-mean maps of this step."""
         out = base(q, k, v, extra_options)
-        run = runs.current_run(extra_options, KEY, MasaRun, DISPLAY_NAME)
-        if run is None:
-            return out
-        site = call_site(q, extra_options, DISPLAY_NAME)
-        if site.clock is None or not site.cond_chunks:
+        run, site = active_call(q, extra_options, KEY, MasaRun, DISPLAY_NAME)
+        if run is None or not site.cond_chunks:
             return out
         rows = site.cond_chunks[0].rows
         with torch.no_grad():

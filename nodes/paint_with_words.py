@@ -16,11 +16,11 @@ from comfy_api.latest import io
 
 from .. import compat
 from ..core import patches, runs
-from ..core.attention_control import call_site, model_layers, replace_rows
+from ..core.attention_control import active_call, model_layers, replace_rows
 from ..kernels.p2p_edit import tile_columns
 from ..kernels.p2p_tokens import CONTEXT_LENGTH, phrase_token_indices
 from ..kernels.paint_with_words import SCORE_TERMS, SIGMA_TERMS, logit_scores, region_grid, region_matrix
-from .edit_prompts import word_pieces
+from .edit_prompts import WordPieces
 from .errors import NodeInputError, check_choice
 from .validation import checked_inputs
 
@@ -39,17 +39,13 @@ class PaintPlan(runs.RunSpec):
     node = DISPLAY_NAME
 
     def new_run(self, call: runs.SampleCall) -> PaintRun:
-        latent = call.latent_image if call.latent_image is not None else call.noise
-        return PaintRun(None if latent is None else tuple(int(s) for s in latent.shape[-2:]))
+        return PaintRun(call.latent_size)
 
     def attention(self, q, k, v, extra_options, base):
         """attn2 replace: the cond chunks attend with the region bias; everything else is the base's output."""
         out = base(q, k, v, extra_options)
-        run = runs.current_run(extra_options, KEY, PaintRun, DISPLAY_NAME)
-        if run is None:
-            return out
-        site = call_site(q, extra_options, DISPLAY_NAME)
-        if not site.cond_chunks or (run.latent is not None and site.latent is not None and site.latent != run.latent):
+        run, site = active_call(q, extra_options, KEY, PaintRun, DISPLAY_NAME, need_clock=False)
+        if run is None or not site.cond_chunks:
             return out
         regions = run.regions(self, site.grid, k.shape[1], q.device)
         sigma = extra_options["sigmas"].detach().to(device=q.device, dtype=torch.float32).max()
@@ -150,13 +146,7 @@ class PaintWithWords(io.ComfyNode):
             raise NodeInputError(DISPLAY_NAME, "masks", "masks with values in [0, 1]", "values outside",
                                  "connect masks from LoadImage / a mask editor")
         prompt = " ".join(prompt.splitlines()).strip()
-        pieces: dict[str, tuple[int, ...]] = {}
-
-        def tokenize(word: str) -> tuple[int, ...]:
-            if word not in pieces:
-                pieces[word] = word_pieces(clip, word, DISPLAY_NAME)
-            return pieces[word]
-
+        tokenize = WordPieces(clip, DISPLAY_NAME)
         length = sum(len(tokenize(w)) for w in prompt.split(" ") if w)
         if length > CONTEXT_LENGTH - 2:
             raise NodeInputError(DISPLAY_NAME, "prompt", f"a prompt of at most {CONTEXT_LENGTH - 2} tokens (one CLIP "
