@@ -1,4 +1,5 @@
-"""Attention control benchmark (CPU): MasaCtrl, Paint With Words, Invert and Concept Edit against the plain model.
+"""Attention control benchmark (CPU): MasaCtrl, Paint With Words, Invert, Concept Edit and Layout Guidance against
+the plain model.
 
 One process, the models, conditioning, timing and memory harness of ``bench_attention_edit.py`` (imported:
 random-weight UNets of the real SD1.5 and SDXL block structure at 64 channels and real context widths,
@@ -38,11 +39,22 @@ transform and deltas at real width (SD1.5 320-1280 x 768, SDXL 640/1280 x 2048).
 CLIP supplies the real tokenizer; its narrow embeddings are lifted to the UNet's context width by a fixed
 random map so that the transform has the model's width (a real CLIP's encoding is not measured).
 
+Layout Guidance (``--cases layout``, its own rows): the stock ``lms`` sampler over ``--layout-steps`` steps, CFG
+7.5, 1 prompt (batch 2), on a model built in inference mode (as ComfyUI loads checkpoints), the example's prompt "a
+cat and a dog on the grass" with the node's default boxes and layers (auto), every step guided: the plain model;
+the node with max_iter 1 and threshold 0 (exactly one guided iteration per step); the node's defaults (loss_scale
+30, threshold 0.2, max_iter 5: the stopping rule decides, the iterations are counted). A guided iteration costs
+(guided run - plain run) / iterations, against a plain step = plain run / steps; the hook, timed in the run, gives
+it directly, split into the cond-only forward to the last captured layer (with the loss) and the backward + update.
+Peak: live tensor bytes of a one-step run, plain and max_iter 1, the weights' storages left out
+(``ActivationBytes``).
+
 Targets (issue): MasaCtrl <= 1.15x time, Paint With Words <= 1.1x time. GPU part (real sizes, fp16):
 not run here - no GPU was lent.
 
     .venv/bin/python bench/bench_attention_control.py [--arch sd15 sdxl] [--channels 64] [--latent 0]
         [--steps 8] [--rounds 2] [--attention host|sdpa] [--sdxl-head-dim 32] [--no-real-width]
+        [--cases control layout] [--layout-steps 4]
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,6 +74,7 @@ import comfy.ldm.modules.attention  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.samplers  # noqa: E402
 import torch  # noqa: E402
+from live_bytes import LiveBytes  # noqa: E402
 
 from parallax import compat  # noqa: E402
 from parallax.core.attention_control import (  # noqa: E402
@@ -78,8 +92,10 @@ from parallax.kernels.p2p_edit import tile_columns  # noqa: E402
 from parallax.kernels.p2p_tokens import CONTEXT_LENGTH  # noqa: E402
 from parallax.kernels.paint_with_words import logit_scores, region_grid, region_matrix  # noqa: E402
 from parallax.kernels.patch_layout import layer_address  # noqa: E402
+from parallax.nodes import layout_guidance  # noqa: E402
 from parallax.nodes.concept_edit import ConceptEdit, concept_transform  # noqa: E402
 from parallax.nodes.invert import invert  # noqa: E402
+from parallax.nodes.layout_guidance import LayoutGuidance  # noqa: E402
 from parallax.nodes.masactrl import MasaCtrl  # noqa: E402
 from parallax.nodes.paint_with_words import PaintWithWords  # noqa: E402
 
@@ -88,6 +104,9 @@ PAINT_PROMPT = "a red hat on a wooden table"
 PAINT_REGIONS = "a red hat, 0.6\na wooden table, 0.6"
 CONCEPT = ("a pack of roses", "a pack of blue roses")
 REAL_CHANNELS = 320
+LAYOUT_PROMPT = "a cat and a dog on the grass"  # the example workflow's; the node's default boxes
+LAYOUT_BOXES = "cat: 0.05, 0.3, 0.45, 0.9\ndog: 0.55, 0.3, 0.95, 0.9"
+LAYOUT_SAMPLER = "lms"  # the paper's
 
 
 class WideClip:
@@ -343,6 +362,155 @@ def concept_cost(base, clip, real_width: bool) -> dict:
     return out
 
 
+# ---- Layout Guidance: one guided iteration against one plain sampling step --------------------------
+
+class GuideTimer:
+    """Times ``LayoutRun.guide`` (a guided step's whole hook) and ``LayoutRun._loss`` (its cond-only forward to
+    the last captured layer and the loss) by wall clock and thread CPU time, and counts the iterations."""
+
+    def __init__(self):
+        self.guide, self.forward, self.iterations, self.run = [0.0, 0.0], [0.0, 0.0], 0, None
+
+    @contextmanager
+    def installed(self):
+        cls = layout_guidance.LayoutRun
+        guide, loss = cls.guide, cls._loss
+
+        def timed(fn, into):
+            def call(run, *args):
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                out = fn(run, *args)
+                into[0] += time.perf_counter() - start
+                into[1] += time.thread_time() - start_cpu
+                return out
+
+            return call
+
+        def timed_guide(run, call):
+            before = len(run.history)
+            out = timed(guide, self.guide)(run, call)
+            self.iterations += len(run.history) - before
+            self.run = run
+            return out
+
+        cls.guide, cls._loss = timed_guide, timed(loss, self.forward)
+        try:
+            yield self
+        finally:
+            cls.guide, cls._loss = guide, loss
+
+
+class ActivationBytes(LiveBytes):
+    """``LiveBytes`` with the storages of ``tensors`` (the model's weights) left out: an op that returns a view
+    of a weight (the gradient pass's normal aliases, a transpose under autograd) would count the whole
+    weight as newly allocated and never freed."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        for t in tensors:
+            self.live[t.untyped_storage().data_ptr()] = 0
+
+
+def layout_sample(model, positive, negative, noise, sigmas, tracker=None) -> dict:
+    """The stock ``lms`` sampler with CFG 7.5 in inference mode (as ComfyUI samples), timed as a whole."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(7.5)
+    timer = GuideTimer()
+    with torch.inference_mode(), timer.installed(), tracker or nullcontext():
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        x = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object(LAYOUT_SAMPLER), sigmas,
+                          seed=0, disable_pbar=True)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+    losses = [loss[0] for _, _, loss in timer.run.history] if timer.run is not None else []
+    return {"wall": wall, "cpu": cpu, "x": x, "iterations": timer.iterations, "guide": timer.guide,
+            "forward": timer.forward, "losses": losses}
+
+
+def bench_layout(arch: str, args) -> dict:
+    """Layout Guidance's cost per guided step: every row samples the same ``--layout-steps`` lms steps (CFG 7.5, 1
+    prompt + uncond) on a model built in inference mode, as ComfyUI loads checkpoints; the guided rows guide every
+    step. A guided iteration = (guided run - plain run) / iterations; the timed hook gives the same cost directly,
+    split into the forward (to the last captured layer, with the loss) and the rest (backward and update)."""
+    latent = args.latent or edit.ARCH[arch]["latent"]
+    size = 8 * latent
+    steps = args.layout_steps
+    with torch.inference_mode():
+        base = edit.build_unet(arch, args.channels)
+        clip = edit.tiny_models.build_clip(arch, 0)
+        positive, negative = edit.conditioning(arch, 1, size, 3), edit.conditioning(arch, 1, size, 2)
+        noise = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(0))
+
+        def node(**settings):
+            return LayoutGuidance.execute(model=base, clip=clip, prompt=LAYOUT_PROMPT, boxes=LAYOUT_BOXES,
+                                          **settings)[0]
+
+        rows = {"plain (unpatched)": base,
+                "max_iter 1, thresh 0": node(max_iter=1, threshold=0.0, guided_steps=steps),
+                "defaults, max_iter 5": node(guided_steps=max(steps, 10))}
+    sigmas = comfy.samplers.calculate_sigmas(base.get_model_object("model_sampling"), "normal", steps).cpu()
+    layers = edit.model_layers(base)
+    chosen = layout_guidance.default_layers(layers)
+    print(f"\n{arch.upper()}-architecture UNet, {args.channels} channels, latent {latent}x{latent} ({size} px), "
+          f"{steps} {LAYOUT_SAMPLER} steps, CFG 7.5, 1 prompt, attention "
+          f"{comfy.ldm.modules.attention.optimized_attention.__name__}, {torch.get_num_threads()} thread(s), model "
+          f"built in inference mode; Layout Guidance \"{LAYOUT_PROMPT}\", boxes {LAYOUT_BOXES!r}, loss_scale 30, "
+          f"layers auto = {len(chosen)} of {len(layers)} attn2 layers (last {chosen[-1].address}, execution index "
+          f"{chosen[-1].index})")
+
+    for model in rows.values():  # first-run costs outside the timing
+        layout_sample(model, positive, negative, noise, sigmas[:2])
+    results = {name: defaultdict(list) for name in rows}
+    for r in range(args.rounds):  # odd rounds in reverse order
+        for name, model in list(rows.items())[::1 - 2 * (r % 2)]:
+            out = layout_sample(model, positive, negative, noise, sigmas)
+            res = results[name]
+            for key in ("wall", "cpu"):
+                res[key].append(out[key])
+            res["guide_wall"].append(out["guide"][0])
+            res["guide_cpu"].append(out["guide"][1])
+            res["forward_cpu"].append(out["forward"][1])
+            res["iterations"], res["x"], res["losses"] = out["iterations"], out["x"], out["losses"]
+    for res in results.values():
+        for key in ("wall", "cpu", "guide_wall", "guide_cpu", "forward_cpu"):
+            res[key] = min(res[key])
+    for name in ("plain (unpatched)", "max_iter 1, thresh 0"):  # peak live tensor bytes of a one-step run
+        module = base.model
+        tracker = ActivationBytes([*module.parameters(), *module.buffers()])
+        layout_sample(rows[name], positive, negative, noise, sigmas[:2], tracker)
+        results[name]["peak"] = tracker.peak
+
+    plain = results["plain (unpatched)"]
+    step_wall, step_cpu = plain["wall"] / steps, plain["cpu"] / steps
+    print(f"  whole runs of {steps} steps (min over {args.rounds} rounds); a guided iteration = (run - plain run) / "
+          "iterations, and directly: the timed hook per iteration (forward to the last captured layer + loss, then "
+          "backward + update); ratios to a plain CFG step")
+    print(f"  {'row':20s} {'iters':>5s} {'run wall':>8s} {'CPU':>7s} {'per step':>8s} {'ratio':>6s}  "
+          f"{'iteration (diff)':>16s} {'ratio':>6s}  {'hook/iter':>9s} {'ratio':>6s} {'fwd':>6s} {'bwd+upd':>7s}  "
+          "max|x - plain|  loss first > last")
+    for name, res in results.items():
+        n = res["iterations"]
+        line = (f"  {name:20s} {n:5d} {res['wall']:8.2f} {res['cpu']:7.2f} {res['cpu'] / steps:8.3f} "
+                f"{res['cpu'] / plain['cpu']:6.3f}")
+        if n:
+            diff = (res["cpu"] - plain["cpu"]) / n
+            hook = res["guide_cpu"] / n
+            forward = res["forward_cpu"] / n
+            res.update(per_iteration=diff, hook_iteration=hook, forward_iteration=forward,
+                       backward_iteration=hook - forward)
+            line += (f"  {diff:14.3f} s {diff / step_cpu:6.3f}  {hook:7.3f} s {hook / step_cpu:6.3f} "
+                     f"{forward / step_cpu:6.3f} {(hook - forward) / step_cpu:7.3f}  "
+                     f"{(res['x'] - plain['x']).abs().max().item():.1e}  {res['losses'][0]:.3f} > {res['losses'][-1]:.3f}")
+        print(line)
+    guided = results["max_iter 1, thresh 0"]
+    peak_q = guided["peak"] / plain["peak"]
+    print(f"  plain CFG step {step_cpu:.3f} s CPU / {step_wall:.3f} s wall; peak live tensor bytes of a one-step run: "
+          f"plain {edit.mib(plain['peak']).strip()}, guided {edit.mib(guided['peak']).strip()} "
+          f"({peak_q:.3f}x)")
+    return {"arch": arch, "latent": latent, "steps": steps, "results": results, "step_cpu": step_cpu,
+            "peak_ratio": peak_q}
+
+
 # ---- one architecture -------------------------------------------------------------------------------
 
 def bench_arch(arch: str, args) -> dict:
@@ -480,6 +648,10 @@ def main(argv=None) -> int:
     edit.add_model_arguments(parser)
     parser.add_argument("--no-real-width", dest="real_width", action="store_false",
                         help="skip Concept Edit's transform and deltas at the real widths")
+    parser.add_argument("--layout-steps", type=int, default=4,
+                        help="lms steps of the Layout Guidance rows, all guided (each guided step costs ~5 plain ones)")
+    parser.add_argument("--cases", nargs="+", choices=["control", "layout"], default=["control", "layout"],
+                        help="control: rows 1-8 and Concept Edit's one-off cost; layout: Layout Guidance's guided step")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -488,7 +660,20 @@ def main(argv=None) -> int:
     if args.attention == "sdpa":
         attention = comfy.ldm.modules.attention
         attention.optimized_attention = attention.optimized_attention_masked = attention.attention_pytorch
-    reports = [bench_arch(arch, args) for arch in args.arch]
+    reports = [bench_arch(arch, args) for arch in args.arch] if "control" in args.cases else []
+    layouts = [bench_layout(arch, args) for arch in args.arch] if "layout" in args.cases else []
+    if layouts:
+        print("\nLayout Guidance: a guided iteration against a plain CFG sampling step (CPU time)")
+        for report in layouts:
+            one, five = report["results"]["max_iter 1, thresh 0"], report["results"]["defaults, max_iter 5"]
+            print(f"  {report['arch']} iteration {one['per_iteration'] / report['step_cpu']:.2f}x a plain step "
+                  f"(by run difference; {one['hook_iteration'] / report['step_cpu']:.2f}x by the timed hook); a step "
+                  f"with the defaults ({five['iterations'] / report['steps']:g} iterations) "
+                  f"{five['cpu'] / report['steps'] / report['step_cpu']:.2f}x; peak "
+                  f"{report['peak_ratio']:.2f}x")
+    if not reports:
+        print(f"total {time.perf_counter() - started:.0f} s")
+        return 0
     print("\nTargets: MasaCtrl <= 1.15x, Paint With Words <= 1.1x time of the unedited model (CPU time ratios)")
     for report in reports:
         for name, target in (("2 MasaCtrl plain", 1.15), ("3 MasaCtrl union", 1.15), ("5 Paint With Words", 1.1)):

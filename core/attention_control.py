@@ -31,6 +31,7 @@ from .. import compat
 from ..kernels.attention_layers import Layer, block_levels, layer_table
 from ..kernels.patch_layout import COND, BatchLayoutError, Chunk, cfg_chunks, layer_address, token_grid
 from ..kernels.steps import step_index
+from . import patches
 from .runs import current_run
 
 STEP_KEY = "parallax_step"  # extra_options entry: StepClock of the current model call
@@ -140,6 +141,22 @@ def host_attention(extra_options: dict) -> Attend:
                                           skip_output_reshape=True, transformer_options=extra_options)
 
     return attend
+
+
+def base_output(base, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict,
+                keep: torch.Tensor) -> torch.Tensor:
+    """The base attention's output where the caller will overwrite every row but ``keep`` (int64 rows).
+
+    When nothing sits below the caller (the base is the host's own attention), only the kept rows
+    are computed; the others are left uninitialised for the caller to fill. Another pack's replace
+    below gets the whole batch, as its layout expects.
+    """
+    if base is not patches.default_attention:
+        return base(q, k, v, extra_options)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    if keep.numel():
+        out.index_copy_(0, keep, base(q[keep], k[keep], v[keep], extra_options).to(out.dtype))
+    return out
 
 
 def replace_rows(out: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from . import (
     equirect,
     high_freq_map,
     invert,
+    layout_guidance,
     masactrl,
     mv_adapter,
     mv_adapter_loader,
@@ -32,7 +33,7 @@ from . import (
 
 CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter_loader, mv_adapter, shift_snr, mv_cameras, mv_geometry,
                 saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views, edit_prompts,
-                attention_edit, attention_maps, masactrl, paint_with_words, concept_edit, invert)
+                attention_edit, attention_maps, masactrl, paint_with_words, layout_guidance, concept_edit, invert)
 
 
 class ParallaxExtension(ComfyExtension):

@@ -18,11 +18,11 @@ import torch
 from comfy_api.latest import io
 
 from ..core import patches, runs
-from ..core.attention_control import active_call, install_step_clock, model_layers
+from ..core.attention_control import active_call, install_step_clock
 from ..kernels.attention_layers import select_layers
 from ..kernels.attention_maps import attention_probabilities, fold_context, normalize_maps, overlay, token_heatmaps
 from ..kernels.p2p_tokens import self_step_range, split_words, window_bounds, word_token_indices
-from .edit_prompts import WordPieces
+from .edit_prompts import WordPieces, unet_layers
 from .errors import NodeInputError
 from .validation import checked_inputs, register_custom_type
 
@@ -126,10 +126,7 @@ class CaptureAttention(io.ComfyNode):
     @classmethod
     @checked_inputs
     def execute(cls, model, layers: str = "all", start: float = 0.0, end: float = 1.0) -> io.NodeOutput:
-        table = model_layers(model)
-        if not table:
-            raise NodeInputError(CAPTURE_NAME, "model", "an SD1.x / SD2.x / SDXL UNet", "another kind of model",
-                                 "load an SD1.5, SD2 or SDXL checkpoint")
+        table = unet_layers(model, CAPTURE_NAME)
         try:
             chosen = select_layers(table, layers)
             window = window_bounds((float(start), float(end)))

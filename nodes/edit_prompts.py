@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 import torch
 from comfy_api.latest import io
 
-from ..kernels.p2p_tokens import CLIP_EOS, CONTEXT_LENGTH, prompt_tokens, split_words, word_token_indices
+from ..core.attention_control import model_layers
+from ..kernels.attention_layers import Layer
+from ..kernels.p2p_tokens import (
+    CLIP_EOS,
+    CONTEXT_LENGTH,
+    phrase_token_indices,
+    prompt_tokens,
+    split_words,
+    word_token_indices,
+)
 from ..kernels.per_view_prompts import prompt_lines
 from .errors import NodeInputError
 from .per_view_prompts import batch_encodings
@@ -138,6 +147,35 @@ def edit_tokens(clip, prompts: Sequence[str]) -> tuple[EditTokens, list[dict]]:
                 tokenize(word)
     token_dicts = [_check_prompt(clip, i, p, tokenize.pieces) for i, p in enumerate(prompts)]
     return EditTokens(tuple(prompts), tokenize.pieces), token_dicts
+
+
+def unet_layers(model, node: str) -> list[Layer]:
+    """The model's transformer layers (``model_layers``); a model without them is refused naming ``node``."""
+    layers = model_layers(model)
+    if not layers:
+        raise NodeInputError(node, "model", "an SD1.x / SD2.x / SDXL UNet", "another kind of model",
+                             "load an SD1.5, SD2 or SDXL checkpoint")
+    return layers
+
+
+def phrase_columns(clip, prompt: str, phrases: Sequence[str], node: str,
+                   input_name: str) -> tuple[str, list[tuple[int, ...]]]:
+    """The prompt as one line and each phrase's token columns in it (every occurrence). The prompt must
+    fit one CLIP block and every phrase (named by ``input_name``) must occur in it."""
+    prompt = " ".join(prompt.splitlines()).strip()
+    tokenize = WordPieces(clip, node)
+    length = sum(len(tokenize(w)) for w in prompt.split(" ") if w)
+    if length > WORD_LIMIT:
+        raise NodeInputError(node, "prompt", f"a prompt of at most {WORD_LIMIT} tokens (one CLIP block: the "
+                             "phrases' columns are counted in it)", f"{length} tokens", "shorten the prompt")
+    columns = []
+    for phrase in phrases:
+        cols = tuple(phrase_token_indices(prompt, phrase, tokenize))
+        if not cols:
+            raise NodeInputError(node, input_name, "phrases that occur in the prompt",
+                                 f"{phrase!r}, which is not in {prompt!r}", "copy the phrase from the prompt")
+        columns.append(cols)
+    return prompt, columns
 
 
 def word_columns(tokens: EditTokens, text: str, node: str, input_name: str) -> tuple[tuple[int, ...], ...] | None:

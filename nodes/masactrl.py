@@ -18,17 +18,17 @@ from comfy_api.latest import io
 from ..core import patches, runs
 from ..core.attention_control import (
     active_call,
+    base_output,
     heads_first,
     heads_last,
     host_attention,
     install_shared_noise,
     install_step_clock,
-    model_layers,
     replace_rows,
 )
 from ..kernels.attention_maps import attention_probabilities, fold_context
 from ..kernels.masactrl import auto_masks, masked_attention, resize_mask, source_rows, union_keys
-from .edit_prompts import PX_EDIT_TOKENS, EditTokens, word_columns
+from .edit_prompts import PX_EDIT_TOKENS, EditTokens, unet_layers, word_columns
 from .errors import NodeInputError, check_choice
 from .validation import checked_inputs
 
@@ -68,10 +68,11 @@ class MasaPlan(runs.RunSpec):
 
     def attention(self, q, k, v, extra_options, base):
         """attn1 replace (union, masked, auto): the targets' rows recomputed against the source's K/V."""
-        out = base(q, k, v, extra_options)
         run, site = self._site(q, extra_options)
         if run is None:
-            return out
+            return base(q, k, v, extra_options)
+        sources = torch.tensor([chunk.rows.start for chunk in site.chunks], device=q.device)
+        out = base_output(base, q, k, v, extra_options, sources)  # the target rows are all recomputed below
         attend = host_attention(extra_options)
         masks = self._masks(run, site)
         for chunk in site.chunks:
@@ -196,10 +197,7 @@ class MasaCtrl(io.ComfyNode):
                 target_mask: torch.Tensor | None = None, auto_words: str = "",
                 auto_threshold: float = 0.1) -> io.NodeOutput:
         check_choice(DISPLAY_NAME, "variant", variant, VARIANTS)
-        layers = model_layers(model)
-        if not layers:
-            raise NodeInputError(DISPLAY_NAME, "model", "an SD1.x / SD2.x / SDXL UNet", "another kind of model",
-                                 "load an SD1.5, SD2 or SDXL checkpoint")
+        layers = unet_layers(model, DISPLAY_NAME)
         if len(edit_tokens.prompts) < 2:
             raise NodeInputError(DISPLAY_NAME, "edit_tokens", "a source and at least one edited prompt",
                                  "one prompt", "write edited prompts in Edit Prompts")

@@ -16,11 +16,12 @@ from comfy_api.latest import io
 
 from .. import compat
 from ..core import patches, runs
-from ..core.attention_control import active_call, model_layers, replace_rows
+from ..core.attention_control import active_call, base_output, replace_rows
 from ..kernels.p2p_edit import tile_columns
-from ..kernels.p2p_tokens import CONTEXT_LENGTH, phrase_token_indices
+from ..kernels.p2p_tokens import CONTEXT_LENGTH
 from ..kernels.paint_with_words import SCORE_TERMS, SIGMA_TERMS, logit_scores, region_grid, region_matrix
-from .edit_prompts import WordPieces
+from ..kernels.patch_layout import COND
+from .edit_prompts import phrase_columns, unet_layers
 from .errors import NodeInputError, check_choice
 from .validation import checked_inputs
 
@@ -43,10 +44,11 @@ class PaintPlan(runs.RunSpec):
 
     def attention(self, q, k, v, extra_options, base):
         """attn2 replace: the cond chunks attend with the region bias; everything else is the base's output."""
-        out = base(q, k, v, extra_options)
         run, site = active_call(q, extra_options, KEY, PaintRun, DISPLAY_NAME, need_clock=False)
         if run is None or not site.cond_chunks:
-            return out
+            return base(q, k, v, extra_options)
+        others = [r for c in site.chunks if c.kind != COND for r in range(c.rows.start, c.rows.stop)]
+        out = base_output(base, q, k, v, extra_options, torch.tensor(others, dtype=torch.long, device=q.device))
         regions = run.regions(self, site.grid, k.shape[1], q.device)
         sigma = extra_options["sigmas"].detach().to(device=q.device, dtype=torch.float32).max()
         s = torch.log1p(sigma) if self.sigma_term == SIGMA_TERMS[0] else torch.log1p(sigma * sigma)
@@ -137,29 +139,13 @@ class PaintWithWords(io.ComfyNode):
                 sigma_term: str = SIGMA_TERMS[0], score_term: str = SCORE_TERMS[0]) -> io.NodeOutput:
         check_choice(DISPLAY_NAME, "sigma_term", sigma_term, list(SIGMA_TERMS))
         check_choice(DISPLAY_NAME, "score_term", score_term, list(SCORE_TERMS))
-        layers = model_layers(model)
-        if not layers:
-            raise NodeInputError(DISPLAY_NAME, "model", "an SD1.x / SD2.x / SDXL UNet", "another kind of model",
-                                 "load an SD1.5, SD2 or SDXL checkpoint")
+        layers = unet_layers(model, DISPLAY_NAME)
         masks = masks if masks.dim() == 3 else masks[None]
         if masks.amin() < 0 or masks.amax() > 1:
             raise NodeInputError(DISPLAY_NAME, "masks", "masks with values in [0, 1]", "values outside",
                                  "connect masks from LoadImage / a mask editor")
-        prompt = " ".join(prompt.splitlines()).strip()
-        tokenize = WordPieces(clip, DISPLAY_NAME)
-        length = sum(len(tokenize(w)) for w in prompt.split(" ") if w)
-        if length > CONTEXT_LENGTH - 2:
-            raise NodeInputError(DISPLAY_NAME, "prompt", f"a prompt of at most {CONTEXT_LENGTH - 2} tokens (one CLIP "
-                                 "block: region columns are counted in it)", f"{length} tokens",
-                                 "shorten the prompt")
-        columns = []
         parsed = _regions(regions, masks.shape[0])
-        for phrase, _ in parsed:
-            cols = tuple(c for c in phrase_token_indices(prompt, phrase, tokenize) if c < CONTEXT_LENGTH - 1)
-            if not cols:
-                raise NodeInputError(DISPLAY_NAME, "regions", "phrases that occur in the prompt",
-                                     f"{phrase!r}, which is not in {prompt!r}", "copy the phrase from the prompt")
-            columns.append(cols)
+        _, columns = phrase_columns(clip, prompt, [phrase for phrase, _ in parsed], DISPLAY_NAME, "regions")
         if weight_scale == 0 or all(s == 0 for _, s in parsed):
             return io.NodeOutput(model)
         plan = PaintPlan(masks.detach().float().cpu(), tuple(columns), tuple(s for _, s in parsed),

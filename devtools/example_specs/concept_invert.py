@@ -6,10 +6,12 @@
   roses"). Stock KSampler, euler 30 steps, CFG 7.5, 512 px.
 - ``photo_edit_invert_p2p_sd15``: Prompt-to-Prompt on a photo. The photo (Chelsea the cat from
   ``tests/data``, scaled and centre-cropped to 512 x 512) is VAE-encoded and DDIM-inverted with its
-  describing prompt (50 steps, normal, CFG 1); Edit Prompts starts both prompts from the inverted
-  latent, Attention Edit swaps cat -> dog (replace, cross 0.8, self 0.4), and KSamplerAdvanced samples
-  with noise off, the same 50 steps and scheduler (euler, CFG 7.5). The sampler saves the
-  reconstruction (source), then the edit.
+  describing prompt (50 steps, normal, CFG 1), keeping the source on the inversion's trajectory
+  (keep_source: Invert's model puts the source sample back on it at every step, so the source
+  reconstructs the photo at CFG 7.5 too); Edit Prompts starts both prompts from the inverted latent,
+  Attention Edit (on Invert's model) swaps cat -> dog (replace, cross 0.8, self 0.4), and
+  KSamplerAdvanced samples with noise off, the same 50 steps and scheduler (euler, CFG 7.5). The
+  sampler saves the reconstruction (source), then the edit.
 """
 
 SD15 = "v1-5-pruned-emaonly.safetensors"  # stable-diffusion-v1-5
@@ -59,12 +61,12 @@ def _photo_edit() -> list[dict]:
         {"id": 7, "type": "ParallaxInvert", "pos": [940, 300],
          "links": {"model": (1, 0), "positive": (5, 0), "negative": (6, 0), "latent": (4, 0)},
          "title": "DDIM inversion (same steps and scheduler as the sampler)",
-         "widgets": {"steps": STEPS, "scheduler": "normal", "cfg": 1.0}},
+         "widgets": {"steps": STEPS, "scheduler": "normal", "cfg": 1.0, "keep_source": True}},
         {"id": 8, "type": "ParallaxEditPrompts", "pos": [1280, 300],
          "title": "Source prompt + edited prompt (both start from the inverted latent)",
          "links": {"clip": (1, 1), "latent": (7, 0)},
          "widgets": {"source": PHOTO_SOURCE, "edits": PHOTO_EDIT, "width": SIZE, "height": SIZE}},
-        {"id": 9, "type": "ParallaxAttentionEdit", "pos": [1280, 60], "links": {"model": (1, 0), "edit_tokens": (8, 2)},
+        {"id": 9, "type": "ParallaxAttentionEdit", "pos": [1280, 60], "links": {"model": (7, 1), "edit_tokens": (8, 2)},
          "widgets": {"mode": "replace", "cross_steps": 0.8, "word_cross_steps": "", "self_steps": 0.4,
                      "self_levels": "latent/4", "reweight": "", "blend_words": "", "blend_threshold": 0.3,
                      "blend_start": 0.0, "blend_subtract": "", "blend_level": "latent/4"}},

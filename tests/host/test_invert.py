@@ -112,3 +112,64 @@ def test_a_flow_model_is_refused(monkeypatch, ckpt):
     monkeypatch.setattr(compat, "is_eps_model", lambda model: False)
     with pytest.raises(NodeInputError, match="Invert: input 'model'"):
         Invert.execute(model=tiny.model, positive=positive, negative=negative, latent={"samples": smooth_latent()})
+
+
+def test_without_keep_source_the_model_output_is_the_input(ckpt):
+    tiny, positive, negative = ckpt
+    out = Invert.execute(model=tiny.model, positive=positive, negative=negative, latent={"samples": smooth_latent()},
+                         steps=2)
+    assert out[1] is tiny.model
+
+
+@torch.no_grad()
+def test_keep_source_puts_the_first_sample_on_the_trajectory_at_every_step(ckpt, record_property):
+    tiny, positive, negative = ckpt
+    model = calm(tiny.model)
+    latent = smooth_latent()
+    inverted, kept = Invert.execute(model=model, positive=positive, negative=negative, latent={"samples": latent},
+                                    steps=STEPS, keep_source=True)
+    inverted = inverted["samples"]
+    # the trajectory by hand: the DDIM recurrence of test_inversion_is_the_ddim_recurrence, every state kept
+    states = {}
+
+    def record(model_k, x, s, extra_args=None, callback=None, disable=None):
+        ascending = list(reversed(s.tolist()))
+        for a, b in zip(ascending[:-1], ascending[1:]):
+            x = x + (b - a) * (x - model_k(x, b * x.new_ones([x.shape[0]]), **extra_args)) / b
+            states[round(b, 5)] = x.clone()
+        return x
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", STEPS)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(1.0)
+    guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(record), sigmas, seed=0, disable_pbar=True)
+
+    seen = []  # the sampler's first sample after each step's start (the callback reads the state)
+    batch = inverted.repeat(2, 1, 1, 1) + torch.tensor([0.0, 0.3]).view(2, 1, 1, 1)  # row 1 starts elsewhere
+    out = comfy.sample.sample(kept, torch.zeros_like(batch), STEPS, 1.0, "euler", "normal", positive, negative,
+                              batch, disable_pbar=True, seed=0, callback=lambda i, d, x, n: seen.append((i, x[0].clone())))
+    assert len(seen) == STEPS
+    for i, x0 in seen:
+        want = states[round(float(sigmas[i]), 5)][0]
+        assert ((x0 - want).norm() / want.norm()).item() <= 1e-5, i
+    # the last step starts from the trajectory's first state: one euler step from there, by hand
+    last = comfy.sample.sample(model, torch.zeros_like(latent), STEPS, 1.0, "euler", "normal", positive, negative,
+                               model.model.process_latent_out(states[round(float(sigmas[-2]), 5)]),
+                               start_step=STEPS - 1, disable_pbar=True, seed=0)
+    assert ((out[:1] - last).norm() / last.norm()).item() <= 1e-5
+    plain = resample(model, positive, negative, inverted)
+    record_property("psnr", f"keep_source reconstruction: {psnr(out[:1], latent):.1f} dB, "
+                            f"without: {psnr(plain, latent):.1f} dB")
+    assert psnr(out[:1], latent) >= psnr(plain, latent) - 0.1 and not torch.equal(out[1], out[0])
+
+
+@torch.no_grad()
+def test_keep_source_with_another_schedule_names_invert(ckpt):
+    tiny, positive, negative = ckpt
+    latent = smooth_latent()
+    inverted, kept = Invert.execute(model=tiny.model, positive=positive, negative=negative,
+                                    latent={"samples": latent}, steps=4, keep_source=True)
+    with pytest.raises(RuntimeError, match="Invert: the sampler reached sigma"):
+        comfy.sample.sample(kept, torch.zeros_like(latent), 5, 1.0, "euler", "normal", positive, negative,
+                            inverted["samples"], disable_pbar=True, seed=0)

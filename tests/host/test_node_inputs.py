@@ -170,12 +170,17 @@ def valid_inputs(node_id: str, env) -> dict:
         return dict(model=env.model, clip=env.clip, prompt="a red chair on a wooden floor", masks=masks,
                     regions="a red chair, 0.8\nwooden floor, 0.5", weight_scale=0.4, sigma_term="log(1+sigma)",
                     score_term="max")
+    if node_id == "ParallaxLayoutGuidance":
+        return dict(model=env.model, clip=env.clip, prompt="a red chair on a wooden floor",
+                    boxes="red chair: 0.1, 0.2, 0.5, 0.9\nwooden floor: 0.0, 0.7, 1.0, 1.0", loss_scale=30.0,
+                    threshold=0.2, max_iter=5, guided_steps=10, layers="auto", preview_width=64, preview_height=64)
     if node_id == "ParallaxConceptEdit":
         return dict(model=env.model, clip=env.clip, source="a chair", destination="a red chair", strength=1.0,
                     lamb=0.1, augment=True)
     if node_id == "ParallaxInvert":
         return dict(model=env.model, positive=env.positive, negative=env.negative,
-                    latent={"samples": torch.zeros(1, 4, 8, 8)}, steps=2, scheduler="normal", cfg=1.0)
+                    latent={"samples": torch.zeros(1, 4, 8, 8)}, steps=2, scheduler="normal", cfg=1.0,
+                    keep_source=True)
     raise KeyError(f"no valid inputs written for {node_id}: add them to valid_inputs")
 
 

@@ -228,3 +228,24 @@ def test_cached_modules_are_shared_per_file_part_and_dtype_and_freed_when_unused
     assert ref() is None  # nothing keeps an unused module alive
     cached_module(f1, "part", torch.float32, build)
     assert len(builds) == 4
+
+
+def test_base_output_computes_only_the_kept_rows_when_the_host_attention_is_below(monkeypatch):
+    from parallax.core.attention_control import base_output
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 6, 8, generator=g) for _ in range(3))
+    extra = {"n_heads": 2}
+    full = patches.default_attention(q, k, v, extra)
+    batches = []
+    host = compat.optimized_attention
+    monkeypatch.setattr(compat, "optimized_attention", lambda q, *a, **kw: batches.append(q.shape[0]) or host(q, *a, **kw))
+    keep = torch.tensor([0, 2])
+    out = base_output(patches.default_attention, q, k, v, extra, keep)
+    assert batches == [2] and torch.equal(out[keep], full[keep])
+
+    def foreign(q, k, v, extra_options):  # another pack's replace: it gets the whole batch
+        batches.append(("foreign", q.shape[0]))
+        return q * 2
+
+    assert torch.equal(base_output(foreign, q, k, v, extra, keep), q * 2) and batches[-1] == ("foreign", 4)

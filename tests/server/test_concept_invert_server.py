@@ -70,6 +70,14 @@ def test_photo_example_inverts_the_photo_and_edits_it(host_server):
     np.testing.assert_array_equal(images[0], unedited[0])
     assert not np.array_equal(images[1], unedited[1])
 
+    # keep_source: the source follows the inversion's trajectory; off, it drifts from it at CFG 7.5
+    assert invert["inputs"]["keep_source"] is True
+    assert nodes_of(prompt, "ParallaxAttentionEdit")[0]["inputs"]["model"] == [node_id(prompt, "ParallaxInvert"), 1]
+    free = copy.deepcopy(prompt)
+    nodes_of(free, "ParallaxInvert")[0]["inputs"]["keep_source"] = False
+    drifted = pixels(host_server, host_server.run(free), save)
+    assert not np.array_equal(images[0], drifted[0])
+
 
 def test_destination_without_the_source_words_names_the_node_and_the_input(host_server):
     def tulips(prompt: dict) -> dict:
