@@ -421,3 +421,76 @@ def is_eps_model(model: ModelPatcher) -> bool:
     import comfy.model_sampling as ms
 
     return isinstance(model.get_model_object("model_sampling"), ms.EPS)
+
+
+# --- AnyDoor ---
+# AnyDoor's UNet is SD-2.1-base (epsilon) with a fine-tuned decoder, and the fine-tuning moves exactly the
+# weights the host's SD2 v-prediction guess reads (supported_models.SD20.model_type: std of
+# output_blocks.11.1.transformer_blocks.0.norm1.bias > 0.09). The loader below never lets that guess decide.
+
+def _unet_eps_reload(path: str, model_options: dict, **kwargs) -> ModelPatcher:
+    """The host's reload factory (``cached_patcher_init``, current ComfyUI): the same file, EPS again."""
+    patcher = _load_unet(path, model_options, **kwargs)
+    _force_eps(patcher)
+    return patcher
+
+
+def _load_unet(path: str, model_options: dict, **kwargs) -> ModelPatcher:
+    import comfy.sd
+
+    patcher = comfy.sd.load_diffusion_model(path, model_options=dict(model_options), **kwargs)
+    if hasattr(patcher, "cached_patcher_init"):
+        # Current ComfyUI rebuilds a model from this factory (non-dynamic delegates, multi-GPU clones);
+        # the stock factory would run the v-prediction guess again on the base model.
+        patcher.cached_patcher_init = (_unet_eps_reload, (path, dict(model_options)))
+    return patcher
+
+
+def _force_eps(patcher: ModelPatcher) -> str:
+    """Epsilon prediction on the discrete schedule of the model's config, as ModelSamplingDiscrete (eps)
+    sets it: an object patch (kept by every clone), and the base model's own type (what saving writes).
+    Returns the prediction type the host had detected (lower case)."""
+    import comfy.model_base as model_base
+
+    base = patcher.model
+    detected = getattr(base, "model_type", None)
+    base.model_type = model_base.ModelType.EPS
+    patcher.add_object_patch("model_sampling", model_base.model_sampling(base.model_config, model_base.ModelType.EPS))
+    return detected.name.lower() if detected is not None else "unknown"
+
+
+def load_eps_unet(path: str, model_options: dict) -> tuple[ModelPatcher, str]:
+    """A diffusion model file through the host's own UNETLoader path (``model_options``: dtype,
+    fp8_optimizations), with epsilon prediction forced. Returns (model, the prediction type the host guessed).
+    Raises ValueError when the host cannot tell what model the file holds."""
+    try:
+        patcher = _load_unet(path, model_options)
+    except RuntimeError as err:
+        if "Could not detect model type" in str(err):
+            raise ValueError(str(err).splitlines()[0]) from None
+        raise
+    return patcher, _force_eps(patcher)
+
+
+def ldm_controlnet_layout(control) -> dict | None:
+    """What an AnyDoor apply node checks on a CONTROL_NET: None unless it is a plain ldm ControlNet (the
+    ``control_model.*`` layout the stock ControlNetLoader builds as ``comfy.cldm.cldm.ControlNet``), else
+    {"hint_channels", "context_dim" (None if unknown), "first_conv_zero" (None if the weights cannot be read)}."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+
+    net = getattr(control, "control_model", None)
+    if not isinstance(control, comfy.controlnet.ControlNet) or not isinstance(net, comfy.cldm.cldm.ControlNet):
+        return None
+    context_dim = next((m.to_k.in_features for name, m in net.named_modules()
+                        if name.endswith(".attn2") and hasattr(m, "to_k")), None)
+    first = net.input_blocks[0][0]
+    return {"hint_channels": int(net.input_hint_block[0].weight.shape[1]), "context_dim": context_dim,
+            "first_conv_zero": _all_zero(first.weight, first.bias)}
+
+
+def _all_zero(*tensors) -> bool | None:
+    present = [t for t in tensors if t is not None]
+    if not present or any(t.device.type == "meta" for t in present):
+        return None
+    return all(not bool((t.detach().to(torch.float32) != 0).any()) for t in present)  # fp8 has no any()

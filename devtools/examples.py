@@ -78,11 +78,13 @@ def shrink_for_tiny(prompt: dict) -> None:
 
 def cheaper(prompt: dict, side: int = 128, steps: int = 2) -> dict:
     """The graph unchanged but cheaper for tests (in place, returned): ``side`` px empty latents, rigs and
-    reference canvases, at most ``steps`` sampling steps."""
+    reference canvases (sizes entered as numbers; linked ones are left alone), at most ``steps`` sampling steps."""
     for node in prompt.values():
         inputs = node["inputs"]
-        if _sets_image_size(node["class_type"]) and "width" in inputs:
-            inputs["width"], inputs["height"] = (side if inputs.get(k) != 0 else 0 for k in ("width", "height"))
+        if _sets_image_size(node["class_type"]):  # a size linked from another node (a list) follows that node
+            for key in ("width", "height"):
+                if isinstance(inputs.get(key), int) and inputs[key] != 0:
+                    inputs[key] = side
         if isinstance(inputs.get("steps"), int):
             inputs["steps"] = min(inputs["steps"], steps)
         if isinstance(inputs.get("canvas_size"), int):

@@ -33,7 +33,8 @@ PACK_NAME = "parallax"
 log = logging.getLogger("parallax.devtools")
 
 # Folders the pack and its examples read models from (the real layout under models/).
-MODEL_FOLDERS = ("checkpoints", "loras", "controlnet", "vae", "clip_vision", "mvadapter", "anydoor", "caa")
+MODEL_FOLDERS = ("checkpoints", "diffusion_models", "loras", "controlnet", "vae", "clip_vision", "mvadapter", "anydoor",
+                 "caa")
 
 
 class HostError(RuntimeError):

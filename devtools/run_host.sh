@@ -16,7 +16,7 @@ if [ -n "${TINY:-}" ]; then
 fi
 if [ -n "${PARALLAX_MODELS:-}" ]; then
     printf 'parallax_models:\n  base_path: %s\n  is_default: true\n' "$(cd "$PARALLAX_MODELS" && pwd)" >>"$cfg"
-    for f in checkpoints loras controlnet vae clip_vision mvadapter anydoor caa; do printf '  %s: %s/\n' "$f" "$f" >>"$cfg"; done
+    for f in checkpoints diffusion_models loras controlnet vae clip_vision mvadapter anydoor caa; do printf '  %s: %s/\n' "$f" "$f" >>"$cfg"; done
 fi
 [ -s "$cfg" ] && args+=(--extra-model-paths-config "$cfg")
 cd "$HOST"

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
+from .tensor_shapes import shape_of
+
 # Keys inside the Lightning checkpoint carry this prefix; the converted file does not.
 CHECKPOINT_PREFIX = "mv_base_model."
 BLOCK_PREFIX = "cp_blocks_"
@@ -135,14 +137,6 @@ def is_depth_variant(keys: Mapping[str, object] | Sequence[str]) -> bool:
     return any(split_key(k)[1].startswith(_DEPTH_MARKERS) for k in keys)
 
 
-def _shape_of(value: object) -> tuple[int, ...] | None:
-    shape = getattr(value, "shape", value)
-    try:
-        return tuple(int(d) for d in shape)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return None
-
-
 def _is_float(value: object) -> bool | None:
     """Whether a tensor (or header entry) holds floats; None when the value says nothing about its dtype."""
     dtype = getattr(value, "dtype", None)
@@ -157,7 +151,7 @@ def _block_problems(block: str, width: int, found: Mapping[str, object]) -> list
         if suffix not in found:
             problems.append(f"block {block} (C={width}): missing {key} (expected shape {list(shape)})")
             continue
-        got = _shape_of(found[suffix])
+        got = shape_of(found[suffix])
         if got != shape:
             shown = list(got) if got is not None else repr(found[suffix])
             problems.append(f"block {block} (C={width}): {key} expected shape {list(shape)}, got {shown}")

@@ -9,6 +9,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import (
     anydoor_collage,
+    anydoor_id,
+    anydoor_model,
     attention_edit,
     attention_maps,
     caa,
@@ -31,9 +33,9 @@ from . import (
     shift_snr,
 )
 
-CAPABILITIES = (high_freq_map, anydoor_collage, mv_adapter_loader, mv_adapter, shift_snr, mv_cameras, mv_geometry,
-                saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views, edit_prompts,
-                attention_edit, attention_maps, masactrl, paint_with_words, layout_guidance, concept_edit, invert)
+CAPABILITIES = (high_freq_map, anydoor_collage, anydoor_model, anydoor_id, mv_adapter_loader, mv_adapter, shift_snr,
+                mv_cameras, mv_geometry, saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views,
+                edit_prompts, attention_edit, attention_maps, masactrl, paint_with_words, layout_guidance, concept_edit, invert)
 
 
 class ParallaxExtension(ComfyExtension):

@@ -16,80 +16,31 @@ Exit codes: 0 converted, 2 bad arguments, 3 input unreadable or refused, 4 not t
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+if __package__:  # inside the pack, or ``python -m tools.convert_caa``
+    from . import converter_common as common
+else:  # ``python tools/convert_caa.py``: this folder comes first on sys.path
+    import converter_common as common
+
 log = logging.getLogger("parallax")
 
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_LAYOUT, EXIT_OUTPUT = 0, 2, 3, 4, 5
-_SCRIPT_PACKAGE = "_parallax_tools_pack"
-
-
-def _pack_modules() -> tuple[ModuleType, ModuleType]:
-    """The pack's ``core.safe_pickle`` and ``kernels.caa_layout``, inside the pack or run as a script.
-
-    As a script (or ``-m tools.convert_caa``) ``tools`` has no parent package, so the pack folder is
-    registered under a private name; its ``__init__`` only defines the ComfyUI entry point.
-    """
-    if __package__ and "." in __package__:
-        from ..core import safe_pickle
-        from ..kernels import caa_layout
-
-        return safe_pickle, caa_layout
-    if _SCRIPT_PACKAGE not in sys.modules:
-        root = Path(__file__).resolve().parent.parent
-        spec = importlib.util.spec_from_file_location(
-            _SCRIPT_PACKAGE, root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the pack at {root}")
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[_SCRIPT_PACKAGE] = package
-        spec.loader.exec_module(package)
-    return (
-        importlib.import_module(f"{_SCRIPT_PACKAGE}.core.safe_pickle"),
-        importlib.import_module(f"{_SCRIPT_PACKAGE}.kernels.caa_layout"),
-    )
-
-
-safe_pickle, caa_layout = _pack_modules()
-
-
-class ConversionError(Exception):
-    """A conversion that cannot go ahead for a reason outside the checkpoint (the output path, arguments)."""
-
-    exit_code = EXIT_OUTPUT
-
-
-class OutputExistsError(ConversionError):
-    pass
-
-
-class UsageError(ConversionError):
-    exit_code = EXIT_USAGE
-
-
-@dataclass
-class GroupStats:
-    """Tensors (and their bytes) of one part of the checkpoint."""
-
-    tensors: int = 0
-    bytes: int = 0
-
-    def add(self, tensor: Any) -> None:
-        self.tensors += 1
-        self.bytes += tensor.nbytes
+# The shared names, re-exported: callers and tests take them from this module.
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_LAYOUT, EXIT_OUTPUT = (
+    common.EXIT_OK, common.EXIT_USAGE, common.EXIT_INPUT, common.EXIT_LAYOUT, common.EXIT_OUTPUT
+)
+ConversionError, OutputExistsError, UsageError = common.ConversionError, common.OutputExistsError, common.UsageError
+GroupStats, safe_pickle = common.GroupStats, common.safe_pickle
+caa_layout = common.pack_module("kernels.caa_layout")
 
 
 @dataclass
@@ -107,23 +58,12 @@ class ConversionSummary:
         lines = [
             f"{os.path.basename(self.source)} -> {self.output}",
             f"  variant: {self.variant or 'unknown'}; {precision}",
-            f"  kept: {self.kept.tensors} CAA tensors, {_size(self.kept.bytes)} read, {_size(self.written_bytes)} "
-            "written",
+            f"  kept: {self.kept.tensors} CAA tensors, {common.format_size(self.kept.bytes)} read, "
+            f"{common.format_size(self.written_bytes)} written",
             "  dropped:",
+            *common.dropped_lines(self.dropped),
         ]
-        for group, stats in sorted(self.dropped.items(), key=lambda item: (-item[1].bytes, item[0])):
-            plural = "" if stats.tensors == 1 else "s"
-            detail = f"{stats.tensors} tensor{plural}, {_size(stats.bytes)}" if stats.tensors else "no tensors"
-            lines.append(f"    {group}: {detail}")
         return "\n".join(lines)
-
-
-def _size(nbytes: float) -> str:
-    units = ("B", "KiB", "MiB", "GiB")
-    step = 0
-    while nbytes >= 1024 and step < len(units) - 1:
-        nbytes, step = nbytes / 1024, step + 1
-    return f"{nbytes:.0f} B" if step == 0 else f"{nbytes:.1f} {units[step]}"
 
 
 def _group(key: str) -> str:
@@ -147,12 +87,7 @@ def partition(tree: object, state: Mapping[str, Any], source: str) -> tuple[dict
             )
         else:
             kept[name] = tensor
-    if isinstance(tree, Mapping) and isinstance(tree.get("state_dict"), Mapping):
-        for entry, value in tree.items():
-            if entry != "state_dict":
-                stats = dropped.setdefault(str(entry), GroupStats())
-                for _, tensor in safe_pickle.iter_tensors(value):
-                    stats.add(tensor)
+    common.add_checkpoint_extras(dropped, tree)
     if not kept:
         raise caa_layout.CAALayoutError(
             source,
@@ -203,20 +138,6 @@ def _check_paths(src: Path, dst: Path, force: bool) -> None:
             raise OutputExistsError(f"{dst} exists; pass --force to overwrite it")
 
 
-def _write(tensors: dict[str, torch.Tensor], dst: Path, metadata: dict[str, str], force: bool) -> int:
-    """Write next to ``dst`` and move into place, so a failed write never leaves a partial output."""
-    partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-    try:
-        save_file(tensors, str(partial), metadata=metadata)
-        if dst.exists() and not force:
-            raise OutputExistsError(f"{dst} appeared while converting; pass --force to overwrite it")
-        os.replace(partial, dst)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return dst.stat().st_size
-
-
 def convert(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -247,7 +168,7 @@ def convert(
     }
     if variant:
         metadata["variant"] = variant
-    written = _write(tensors, dst, metadata, force)
+    written = common.write_atomically(dst, lambda path: save_file(tensors, str(path), metadata=metadata), force)
     stats = GroupStats()
     for lazy in kept.values():
         stats.add(lazy)
@@ -293,23 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels = caa_layout.channels_from_list(args.channels) if args.channels else None
     except ValueError as err:
         parser.error(f"--channels: {err}")
-    try:
-        summary = convert(args.input, args.output, fp16=args.fp16, force=args.force, channels=channels)
-    except safe_pickle.CheckpointError as err:
-        return _fail(err, EXIT_INPUT)
-    except caa_layout.CAALayoutError as err:
-        return _fail(err, EXIT_LAYOUT)
-    except ConversionError as err:
-        return _fail(err, err.exit_code)
-    except OSError as err:
-        return _fail(f"cannot write {args.output}: {err.strerror or err}", EXIT_OUTPUT)
-    print(summary.report())
-    return EXIT_OK
-
-
-def _fail(message: object, code: int) -> int:
-    print(f"convert_caa: error: {message}", file=sys.stderr)
-    return code
+    return common.run_conversion(
+        "convert_caa",
+        lambda: convert(args.input, args.output, fp16=args.fp16, force=args.force, channels=channels),
+        layout_error=caa_layout.CAALayoutError,
+        cannot_write=f"cannot write {args.output}",
+    )
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ def test_guidance_runs_on_inference_tensors_and_its_loss_decreases(inference_sd1
             torch.nn.functional.conv2d(x, model.model.diffusion_model.input_blocks[0][0].weight, padding=1)
     recorder = Recorder(monkeypatch)
     with torch.inference_mode():
-        out = sample(guided(model, clip, loss_scale=0.02, threshold=0.0, max_iter=5, guided_steps=1),
+        out = sample(guided(model, clip, loss_scale=0.5, threshold=0.0, max_iter=5, guided_steps=1),
                      cond, negative, torch.zeros(1, 4, *LATENT))
     assert torch.isfinite(out).all()
     losses = [loss[0] for step, _, loss in recorder.runs[0].history]

@@ -14,11 +14,24 @@ from types import SimpleNamespace
 import comfy.samplers
 import pytest
 import torch
+from anydoor_fixtures import (
+    PROJECTOR_FILE,
+    UNET_FILE,
+    WIDTH,
+    controlnet_file,
+    load_controlnet,
+    make_hint,
+    seeded,
+    tiny_dinov2,
+    tiny_unet_detection,
+    write_loader_files,
+)
 from comfy_api.internal import make_locked_method_func
 from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
 
-from parallax.nodes import CAPABILITIES
+from parallax.nodes import CAPABILITIES, anydoor_model
+from parallax.nodes.anydoor_projector import AnyDoorProjector
 from parallax.nodes.errors import NodeInputError
 from parallax.nodes.validation import checked_inputs, describe, display_name, node_schema, register_custom_type
 
@@ -64,7 +77,8 @@ def captured_maps(model, positive, negative):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Tiny SD2.1 checkpoint, an SD2.1 t2mv adapter file in models/mvadapter, and the AnyDoor pieces."""
+    """Tiny SD2.1 checkpoint, an SD2.1 t2mv adapter file in models/mvadapter, and the AnyDoor pieces (the loader's
+    files in models/diffusion_models and models/anydoor, read through the tiny detection held for the module)."""
     root = tmp_path_factory.mktemp("mvadapter")
     synth.synthesize(ADAPTER, root / f"{ADAPTER}.safetensors", arch="sd21")
     ckpt = tiny_models.build_checkpoint("sd21", 0)
@@ -80,7 +94,15 @@ def env(tmp_path_factory):
     positive, negative = encode("a chair"), encode("")
     caa_root = tmp_path_factory.mktemp("caa")
     synth.synthesize(CAA, caa_root / f"{CAA}.safetensors", arch="sd21")
-    with model_folder(FOLDER, root), model_folder("caa", caa_root):
+    anydoor = tmp_path_factory.mktemp("anydoor")
+    write_loader_files(anydoor / "diffusion_models", anydoor / "anydoor")
+    control = load_controlnet(controlnet_file(anydoor / "anydoor_controlnet.safetensors"))
+    dinov2 = tiny_dinov2(anydoor)
+    # the projector for the host tests' tiny DINOv2 width (the loader's file is AnyDoor's 1536 -> 1024)
+    projector = AnyDoorProjector(seeded((1024, WIDTH), 1) / WIDTH**0.5, torch.zeros(1024))
+    with model_folder(FOLDER, root), model_folder("caa", caa_root), \
+            model_folder(anydoor_model.UNET_FOLDER, anydoor / "diffusion_models"), \
+            model_folder(anydoor_model.PROJECTOR_FOLDER, anydoor / "anydoor"), tiny_unet_detection():
         adapter = by_id("ParallaxMVAdapterLoader").execute(adapter_name=f"{ADAPTER}.safetensors").args[0]
         cameras = by_id("ParallaxCameraRaymap").execute(width=64, height=64).args[0]
         caa = by_id("ParallaxCAALoader").execute(caa_name=f"{CAA}.safetensors").args[0]
@@ -88,10 +110,13 @@ def env(tmp_path_factory):
         masks, latent = fusion_run(ckpt, positive, negative)
         edit_tokens = by_id("ParallaxEditPrompts").execute(ckpt.clip, EDIT_SOURCE, EDIT_TARGET, 64, 64).args[2]
         maps = captured_maps(ckpt.model, positive, negative)
+        id_positive, id_negative = by_id("ParallaxAnyDoorIDEncode").execute(
+            clip_vision=dinov2, projector=projector, reference=torch.rand(1, 224, 224, 3)).args
         yield SimpleNamespace(model=ckpt.model, adapter=adapter, cameras=cameras, positive=positive,
                               negative=negative, scene=scene, scene_mask=scene_mask, object=obj,
                               object_mask=obj_mask, masks=masks, latent=latent, caa=caa, rig=rig, clip=ckpt.clip,
-                              edit_tokens=edit_tokens, attention_maps=maps)
+                              edit_tokens=edit_tokens, attention_maps=maps, control=control, dinov2=dinov2,
+                              projector=projector, id_positive=id_positive, id_negative=id_negative)
 
 
 def valid_inputs(node_id: str, env) -> dict:
@@ -107,6 +132,13 @@ def valid_inputs(node_id: str, env) -> dict:
         crop = by_id("ParallaxAnyDoorCollage").execute(**collage)[1]
         return dict(scene=env.scene, generated=torch.rand(1, 64, 64, 3), crop=crop, margin=3, mode="target_box",
                     match_official=False)
+    if node_id == "ParallaxAnyDoorLoader":
+        return dict(unet_name=UNET_FILE, projector_name=PROJECTOR_FILE, weight_dtype="default")
+    if node_id == "ParallaxAnyDoorIDEncode":
+        return dict(clip_vision=env.dinov2, projector=env.projector, reference=torch.rand(1, 224, 224, 3))
+    if node_id == "ParallaxAnyDoorApplyDetail":
+        return dict(positive=env.id_positive, negative=env.id_negative, control_net=env.control, hint=make_hint(64),
+                    strength=1.0, start_percent=0.0, end_percent=1.0)
     if node_id == "ParallaxMVAdapterLoader":
         return dict(adapter_name=f"{ADAPTER}.safetensors", attention="row")
     if node_id == "ParallaxMVAdapterPatch":  # a t2mv file: reference_latent stays unconnected
