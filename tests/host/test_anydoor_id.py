@@ -177,7 +177,7 @@ def test_stock_transformers_at_224_resizes_by_size_not_metas_factor(hf_model, cl
         pixels = ((image - torch.tensor(MEAN)) / torch.tensor(STD)).permute(0, 3, 1, 2)
         hf_stock = hf_model(pixel_values=pixels).last_hidden_state
     ours = encode(clip_fp32, identity_projector(), image)[0][0][0]
-    record_property("parity", f"position table, transformers(size) vs Meta(factor) at 224: "
+    record_property("difference", f"position table, transformers(size) vs Meta(factor) at 224: "
                     f"{rel_err(stock, meta):.2e}; node tokens vs stock transformers: {rel_err(ours, hf_stock):.2e}")
     assert rel_err(stock, meta) > 1e-3
 

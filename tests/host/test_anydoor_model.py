@@ -167,6 +167,20 @@ def test_the_schedule_is_anydoors(loaded):
     assert rel(sigmas, want) <= 1e-6
 
 
+def test_ddim_uniform_at_30_steps_takes_anydoors_31_ddim_timesteps(loaded):
+    """ldm's DDIM at 30 steps: c = 1000 // 30 = 33, timesteps range(0, 1000, 33) + 1 = 1, 34, ..., 991 (31 of
+    them: the count assert is commented out upstream). The stock ddim_uniform schedule lands on the same ones."""
+    import comfy.samplers
+
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    timesteps = [t + 1 for t in range(0, 1000, 1000 // 30)]
+    want = ((1 - alphas_cumprod[timesteps]) / alphas_cumprod[timesteps]).sqrt().flip(0)
+    sigmas = comfy.samplers.calculate_sigmas(loaded[0].get_model_object("model_sampling"), "ddim_uniform", 30)
+    assert len(timesteps) == 31 and sigmas.shape == (32,) and sigmas[-1] == 0
+    assert rel(sigmas[:-1], want) <= 1e-6
+
+
 def test_a_reloaded_model_stays_eps(files, loaded):
     """Current ComfyUI rebuilds a model from its loader factory (non-dynamic delegates, multi-GPU clones)."""
     model = loaded[0]
@@ -275,7 +289,8 @@ def test_both_conditionings_carry_one_control_with_the_settings(control, conds):
 
 
 @pytest.mark.parametrize("batching", ["batched", "split"])
-def test_control_residuals_are_anydoors_forward_and_ignore_x(monkeypatch, loaded, control, conds, batching):
+def test_control_residuals_are_anydoors_forward_and_ignore_x(monkeypatch, loaded, control, conds, batching,
+                                                            record_property):
     """One KSampler step: the ControlNet runs for cond and uncond with the same, unchanged hint, and its residuals
     equal AnyDoor's h = guided_hint forward (no x) computed here; another x gives bit-identical residuals."""
     model = loaded[0]
@@ -298,7 +313,9 @@ def test_control_residuals_are_anydoors_forward_and_ignore_x(monkeypatch, loaded
         want = anydoor_forward(net, call["hint"], call["timesteps"], call["context"])
         got = residuals(call["out"])
         assert len(got) == 13
-        assert max(rel(g, w) for g, w in zip(got, residuals(want))) <= 1e-5
+        err = max(rel(g, w) for g, w in zip(got, residuals(want)))
+        record_property("parity", f"AnyDoor ControlNet residuals ({batching}) vs h = guided_hint forward: {err:.2e}")
+        assert err <= 1e-5
         with torch.no_grad():
             other = net(x=seeded(tuple(call["x"].shape), 21) * 10, hint=call["hint"], timesteps=call["timesteps"],
                         context=call["context"])
