@@ -29,7 +29,7 @@ from ..compat import load_models, throw_if_interrupted
 from .anydoor_projector import AnyDoorProjector, AnyDoorProjectorSocket
 from .errors import NodeInputError
 from .high_freq_map import check_rgb
-from .validation import checked_inputs, display_name, register_custom_type
+from .validation import checked_inputs, display_name
 
 log = logging.getLogger("parallax")
 
@@ -38,14 +38,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 REFERENCE_SIZE = 224
 INTERPOLATE_OFFSET = 0.1  # Meta's work-around offset (facebookresearch/dino#8), kept by DINOv2 and AnyDoor
 BATCH_CHUNK = 8  # references per forward: bounds the activations of ViT-g for large batches
-
-
-def _is_clip_vision(value: Any) -> bool:
-    return all(hasattr(value, a) for a in ("model", "patcher", "load_device"))
-
-
-register_custom_type("CLIP_VISION", _is_clip_vision, expected="a CLIP_VISION model",
-                     fix="connect Load CLIP Vision's output")
 
 
 # --- the DINOv2 forward at 224 -----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..core.weights import MissingFileError, SafetensorsFile, WeightFileError, f
 from .anydoor_collage import AnyDoorHint
 from .anydoor_projector import CONTEXT_DIM, TOKEN_DIM, AnyDoorProjector, AnyDoorProjectorSocket
 from .errors import NodeInputError
-from .validation import checked_inputs, display_name, file_choice, register_custom_type
+from .validation import checked_inputs, display_name, file_choice
 
 log = logging.getLogger("parallax")
 
@@ -50,12 +50,6 @@ WEIGHT_DTYPES: dict[str, dict] = {
 PROJECTOR_PREFIXES = ("", "projector.", "cond_stage_model.projector.")
 HINT_CHANNELS = 4
 HINT_RANGE_SLACK = 1e-3  # a [-1, 1] hint after a round trip through fp16 or 8-bit levels stays inside this
-
-register_custom_type("CONTROL_NET", lambda v: all(hasattr(v, a) for a in ("copy", "set_cond_hint",
-                                                                          "set_previous_controlnet")),
-                     expected="a CONTROL_NET (a ControlNet model)",
-                     fix="connect Load ControlNet Model's CONTROL_NET output (AnyDoor's converted detail extractor)")
-
 
 # --- loader ---------------------------------------------------------------------------------------
 

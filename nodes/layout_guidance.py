@@ -94,12 +94,13 @@ class LayoutRun(runs.Run):
         plan = self.plan
         if call.step >= plan.guided_steps:
             return None
-        if self.loss is None:
-            self.loss = torch.full((call.x.shape[0],), float("inf"))
         guider = call.denoiser.inner_model
         positive = getattr(guider, "conds", {}).get("positive")
         if not positive:
             raise RuntimeError(f"{DISPLAY_NAME}: the sampler's guider has no positive conditioning to guide")
+        if self.loss is None:  # the run's first guided step
+            self.loss = torch.full((call.x.shape[0],), float("inf"))
+            self.stop_at = self.plan.layers[-1] if len(positive) == 1 else None  # several conds: run them all
         x, updated = call.x, False
         for iteration in range(plan.max_iter):
             active = self.loss > plan.threshold
@@ -124,7 +125,6 @@ class LayoutRun(runs.Run):
         """One cond-only forward with the maps captured, and the loss per sample (before eta)."""
         self.maps.clear()
         self.capturing = True
-        self.stop_at = self.plan.layers[-1] if len(positive) == 1 else None  # several conds: run them all
         try:
             compat.calc_cond_batch(guider.inner_model, [positive], latent, call.sigma, call.options["model_options"])
         except _MapsCaptured:

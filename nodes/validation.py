@@ -92,6 +92,10 @@ for _name, _accepts, _expected, _fix in (
     ("CLIP", lambda v: _has(v, "tokenize", "encode_from_tokens"), "a CLIP model",
      "connect Load Checkpoint's CLIP output"),
     ("VAE", lambda v: _has(v, "encode", "decode", "first_stage_model"), "a VAE", "connect Load Checkpoint's VAE output"),
+    ("CLIP_VISION", lambda v: _has(v, "model", "patcher", "load_device"), "a CLIP_VISION model",
+     "connect Load CLIP Vision's output"),
+    ("CONTROL_NET", lambda v: _has(v, "copy", "set_cond_hint", "set_previous_controlnet"),
+     "a CONTROL_NET (a ControlNet model)", "connect Load ControlNet Model's CONTROL_NET output"),
     ("BOOLEAN", lambda v: isinstance(v, bool), "a BOOLEAN (true or false)", "use the toggle (true or false)"),
     ("STRING", lambda v: isinstance(v, str), "a STRING (text)", "type the text or connect a STRING output"),
 ):
