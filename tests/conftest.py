@@ -24,6 +24,15 @@ TIERS = ("kernels", "host", "server", "contract")
 _THREADS = os.environ.get("PARALLAX_TEST_THREADS", "1")
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _THREADS
 
+# The repository root holds the pack's own ``kernels`` package, which would shadow Hugging Face's
+# ``kernels`` distribution (a dependency of transformers >= 5.25) if the root stayed importable:
+# ``python -m pytest`` puts the working directory first on sys.path. The tests import the pack as
+# ``parallax`` (register_pack below), so nothing needs the root itself.
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != ROOT]
+for name in [m for m in sys.modules if m == "kernels" or m.startswith("kernels.")]:
+    if ROOT in Path(getattr(sys.modules[name], "__file__", None) or "/").resolve().parents:
+        del sys.modules[name]
+
 for path in (ROOT / "devtools", ROOT / "devtools" / "custom_nodes", ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
