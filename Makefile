@@ -25,6 +25,10 @@ test-host: setup  ## HOST=current|both to run it on the current host
 test-server: setup  ## HOST=current|both to run it on the current host
 	$(PY) devtools/run_tests.py --host $(HOST) --tiers server -- $(PYTEST_ARGS)
 
+.PHONY: test-browser
+test-browser: setup  ## the host's frontend in headless Chromium (both hosts unless HOST=test|current); screenshots in tests/browser/.screenshots
+	$(PY) devtools/run_tests.py --host $(if $(filter command line,$(origin HOST)),$(HOST),both) --tiers browser -- $(PYTEST_ARGS)
+
 test-contract: setup
 	$(PY) -m pytest tests/contract $(PYTEST_ARGS)
 

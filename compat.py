@@ -76,6 +76,37 @@ def model_folder_paths(folder: str) -> list[str]:
         return []
 
 
+def input_files(extensions: tuple[str, ...]) -> list[str]:
+    """Files under ComfyUI's input folder with one of ``extensions`` (relative, '/'-separated, sorted)."""
+    root = folder_paths.get_input_directory()
+    out = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if os.path.splitext(name)[1].lower() in extensions:
+                out.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def input_file_path(name: str) -> str | None:
+    """Full path of ``name`` in the input folder (no escaping it), or None."""
+    root = os.path.realpath(folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(root, name))
+    return path if path.startswith(root + os.sep) and os.path.isfile(path) else None
+
+
+def output_file(filename_prefix: str, extension: str) -> tuple[str, str, str]:
+    """A fresh file in the output folder for ``filename_prefix`` the way SaveImage numbers its files:
+    (full path, file name, subfolder). The host refuses prefixes that leave the output folder."""
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix,
+                                                                          folder_paths.get_output_directory())
+    while True:
+        filename = f"{name}_{counter:05}_{extension}"
+        full = os.path.join(folder, filename)
+        if not os.path.exists(full):
+            return full, filename, subfolder
+        counter += 1
+
+
 def torch_device():
     return model_management.get_torch_device()
 

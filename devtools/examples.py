@@ -32,6 +32,8 @@ TINY_MAX_STEPS = 8
 # Nodes besides Empty*Latent* whose width/height set the size of the images a graph generates: a
 # panorama rig's view size is the size Panorama Outpaint Views and Equirect To Views produce.
 SIZED_NODES = {"ParallaxPanoramaCameras", "ParallaxEditPrompts", "ImageScale"}
+# Square sizes entered as one number: the geometry rig's map size (= the generation size) and the bake's texture.
+SQUARE_SIZES = {"ParallaxMeshGeometryMaps": "size", "ParallaxBakeTexture": "texture_size"}
 
 
 def example_paths() -> list[Path]:
@@ -72,8 +74,15 @@ def shrink_for_tiny(prompt: dict) -> None:
             scale = min(1.0, TINY_MAX_SIDE / max(size))
             # 0 means "keep the aspect" (ImageScale): it stays 0
             inputs["width"], inputs["height"] = (max(32, round(v * scale / 32) * 32) if v else 0 for v in size)
+        _cap_square(node, TINY_MAX_SIDE)
         if isinstance(inputs.get("steps"), int):
             inputs["steps"] = min(inputs["steps"], TINY_MAX_STEPS)
+
+
+def _cap_square(node: dict, side: int) -> None:
+    key = SQUARE_SIZES.get(node["class_type"])
+    if key and isinstance(node["inputs"].get(key), int):
+        node["inputs"][key] = min(node["inputs"][key], side)
 
 
 def cheaper(prompt: dict, side: int = 128, steps: int = 2) -> dict:
@@ -89,6 +98,7 @@ def cheaper(prompt: dict, side: int = 128, steps: int = 2) -> dict:
             inputs["steps"] = min(inputs["steps"], steps)
         if isinstance(inputs.get("canvas_size"), int):
             inputs["canvas_size"] = side
+        _cap_square(node, side)
     return prompt
 
 

@@ -1,7 +1,7 @@
 """`make test`: the test tiers on every provisioned ComfyUI host, then one combined summary.
 
-The kernels and contract tiers run once, on the 0.3.75 test host (.venv/, .comfyui/). The host and
-server tiers run there and again on the current host (.venv-current/, .comfyui-current/) when
+The kernels and contract tiers run once, on the 0.3.75 test host (.venv/, .comfyui/). The host,
+server and browser tiers run there and again on the current host (.venv-current/, .comfyui-current/) when
 devtools/setup.sh provisioned it. ComfyUI is imported in-process, so each host gets its own pytest
 process with its own interpreter and PARALLAX_COMFYUI. A failing run does not stop the next one:
 both hosts' results are shown, and the exit status is non-zero if any run failed.
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from comfy_env import host_version  # noqa: E402 - reads the version file only, imports no ComfyUI
 
-TIERS = ("kernels", "host", "server", "contract")
-PER_HOST_TIERS = ("host", "server")  # the tiers that depend on the host version
+TIERS = ("kernels", "host", "server", "contract", "browser")
+PER_HOST_TIERS = ("host", "server", "browser")  # the tiers that depend on the host version
 NO_TESTS = 5  # pytest's exit status when the selection is empty
 
 

@@ -95,6 +95,21 @@ fi
 "$VPY" -c "import torch, torchvision, comfy_api" 2>/dev/null || true
 log "ready: python $("$VPY" -c 'import torch; print("torch", torch.__version__)') , host $HOST"
 
+# ---- headless Chromium for the browser test tier (tests/browser): Debian's package, never required ---------
+if [ -z "${PARALLAX_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing chromium (apt-get) for the browser test tier"
+        if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+               || { apt-get update -q >/dev/null 2>&1 \
+                    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; then
+            log "could not install chromium with apt-get: the browser test tier will be skipped"
+        fi
+    else
+        log "no chromium: the browser test tier will be skipped (as root: apt-get install -y chromium;" \
+            "or set PARALLAX_CHROMIUM to a Chromium binary)"
+    fi
+fi
+
 # ---- the current host (ComfyUI 0.33.x from a source tarball), tested beside 0.3.75 -------------
 CVENV="$ROOT/.venv-current"
 CHOST="$ROOT/.comfyui-current"

@@ -371,13 +371,19 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor, weighting: str =
 
 
 def geometry_control(vertices: torch.Tensor, faces: torch.Tensor, rast: Rasterized,
-                     normals: torch.Tensor | None = None) -> torch.Tensor:
+                     normals: torch.Tensor | str | None = None) -> torch.Tensor:
     """MV-Adapter's geometry control [V, 6, H, W] in [0, 1]: cat(clamp(pos + 0.5), clamp(normal / 2 + 0.5))
     with world positions and normalised interpolated vertex ``normals`` (default: area-weighted
-    ``vertex_normals``); background position and normal 0, i.e. gray 0.5."""
-    if normals is None:
-        normals = vertex_normals(vertices.float(), faces)
-    both = interpolate(torch.cat([vertices.float(), normals.float()], dim=1), faces, rast)
-    pos, nrm = both[..., :3], F.normalize(both[..., 3:], dim=-1)
+    ``vertex_normals``; "flat": each triangle's own normal); background position and normal 0, i.e. gray 0.5."""
+    if isinstance(normals, str):
+        if normals != "flat":
+            raise ValueError(f"normals must be a [N, 3] tensor, None or 'flat', got {normals!r}")
+        pos = interpolate(vertices.float(), faces, rast)
+        nrm = face_attribute(face_normals(vertices.float(), faces), rast)
+    else:
+        if normals is None:
+            normals = vertex_normals(vertices.float(), faces)
+        both = interpolate(torch.cat([vertices.float(), normals.float()], dim=1), faces, rast)
+        pos, nrm = both[..., :3], F.normalize(both[..., 3:], dim=-1)
     out = torch.cat([(pos + 0.5).clamp_(0, 1), nrm.mul_(0.5).add_(0.5).clamp_(0, 1)], dim=-1)
     return out.permute(0, 3, 1, 2).contiguous()

@@ -22,6 +22,8 @@ from . import (
     invert,
     layout_guidance,
     masactrl,
+    mesh,
+    mesh_texture,
     mv_adapter,
     mv_adapter_loader,
     mv_cameras,
@@ -31,11 +33,13 @@ from . import (
     per_view_prompts,
     saliency_fusion,
     shift_snr,
+    subject_prompt,
 )
 
 CAPABILITIES = (high_freq_map, anydoor_collage, anydoor_model, anydoor_id, mv_adapter_loader, mv_adapter, shift_snr,
                 mv_cameras, mv_geometry, saliency_fusion, caa, corr_attention, equirect, per_view_prompts, panorama_views,
-                edit_prompts, attention_edit, attention_maps, masactrl, paint_with_words, layout_guidance, concept_edit, invert)
+                edit_prompts, attention_edit, attention_maps, masactrl, paint_with_words, layout_guidance, concept_edit, invert,
+                mesh, mesh_texture, subject_prompt)
 
 
 class ParallaxExtension(ComfyExtension):

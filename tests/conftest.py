@@ -1,7 +1,8 @@
 """Shared test set-up: the pack as package ``parallax``, tier markers, the session's host server.
 
 Tiers live in folders: tests/kernels (pure torch), tests/host (ComfyUI in-process), tests/server
-(the real server over HTTP) and tests/contract (schema snapshot, example workflows).
+(the real server over HTTP), tests/contract (schema snapshot, example workflows) and tests/browser (the
+host's frontend in headless Chromium).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TIERS = ("kernels", "host", "server", "contract")
+TIERS = ("kernels", "host", "server", "contract", "browser")
 
 # One torch thread per process, here and in every ComfyUI server the tests start (they inherit the
 # environment): the test models are tiny, and on a busy 2-core machine a 2-thread pool waits for a
@@ -71,7 +72,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for tier in TIERS:
         c = counts[tier]
         detail = ", ".join(f"{n} {k}" for k, n in sorted(c.items()))
-        host = f"ComfyUI {version:8s} " if tier in ("host", "server") else ""
+        host = f"ComfyUI {version:8s} " if tier in ("host", "server", "browser") else ""
         terminalreporter.write_line(f"{tier:9s} {host}{detail}" if c else f"{tier:9s} not run")
     # Parity tests record their measured relative error: show the worst per test function.
     parity: dict[str, tuple[float, str]] = {}

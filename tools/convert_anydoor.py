@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import struct
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +48,7 @@ EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_LAYOUT, EXIT_OUTPUT = (
     common.EXIT_OK, common.EXIT_USAGE, common.EXIT_INPUT, common.EXIT_LAYOUT, common.EXIT_OUTPUT
 )
 ConversionError, OutputExistsError, UsageError = common.ConversionError, common.OutputExistsError, common.UsageError
-GroupStats, safe_pickle = common.GroupStats, common.safe_pickle
+GroupStats, safe_pickle, Entry = common.GroupStats, common.safe_pickle, common.Entry
 anydoor_layout = common.pack_module("kernels.anydoor_layout")
 
 
@@ -58,80 +56,16 @@ anydoor_layout = common.pack_module("kernels.anydoor_layout")
 # Streaming safetensors writer
 # ---------------------------------------------------------------------------------------------
 
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_SAFETENSORS_DTYPES.update(
-    {getattr(torch, n): c for n, c in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")) if hasattr(torch, n)}
-)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One tensor of an output file: its header (name, dtype, shape) and how to produce its bytes."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    produce: Callable[[], torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * self.dtype.itemsize
-
-
 def _check_dtypes(source: str, entries: Sequence[Entry]) -> None:
-    unsupported = sorted({f"{e.name} ({e.dtype})" for e in entries if e.dtype not in _SAFETENSORS_DTYPES})
+    unsupported = sorted({f"{e.name} ({e.dtype})" for e in entries if e.dtype not in common.SAFETENSORS_DTYPES})
     if unsupported:
         raise anydoor_layout.AnyDoorLayoutError(source, [f"{u}: a dtype safetensors cannot store" for u in unsupported])
 
 
 def write_safetensors(path: Path, entries: Sequence[Entry], metadata: Mapping[str, str]) -> int:
-    """Write a safetensors file, producing one tensor at a time; returns the data bytes written.
-
-    The header is computed from the entries alone. As safetensors' own writer does, the header is
-    padded to 8 bytes and tensors are laid out by descending element size, so every tensor starts
-    at a multiple of its element size.
-    """
+    """``converter_common.write_safetensors`` with AnyDoor's layout error for dtypes safetensors cannot store."""
     _check_dtypes(path.name, entries)
-    order = sorted(entries, key=lambda e: (-e.dtype.itemsize, e.name))
-    header: dict[str, object] = {"__metadata__": dict(metadata)}
-    offset = 0
-    for entry in order:
-        header[entry.name] = {
-            "dtype": _SAFETENSORS_DTYPES[entry.dtype],
-            "shape": list(entry.shape),
-            "data_offsets": [offset, offset + entry.nbytes],
-        }
-        offset += entry.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for entry in order:
-            tensor = entry.produce()
-            if tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
-                raise RuntimeError(
-                    f"{entry.name}: produced {tensor.dtype} {list(tensor.shape)}, the header says "
-                    f"{entry.dtype} {list(entry.shape)}"
-                )
-            if tensor.numel():
-                f.write(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
-            del tensor
-    return offset
+    return common.write_safetensors(path, entries, metadata)
 
 
 # ---------------------------------------------------------------------------------------------

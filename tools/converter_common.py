@@ -1,7 +1,8 @@
-"""What the offline converters (``convert_caa``, ``convert_anydoor``) share.
+"""What the offline converters (``convert_caa``, ``convert_anydoor``, ``convert_facediffuser``) share.
 
 The pack's own modules (inside the pack, or run as a script), the exit codes and errors of the command
-line, statistics of the dropped checkpoint entries, the atomic output write and ``main``'s error handling.
+line, statistics of the dropped checkpoint entries, the atomic output write, ``main``'s error handling and
+the streaming safetensors writer (one tensor in memory at a time).
 
 A converter imports this module as ``<pack>.tools.converter_common`` inside the pack, as
 ``tools.converter_common`` under ``python -m tools.convert_*`` and as ``converter_common`` under
@@ -12,13 +13,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
+import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
+
+import torch
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_LAYOUT, EXIT_OUTPUT = 0, 2, 3, 4, 5
 SCRIPT_PACKAGE = "_parallax_tools_pack"
@@ -147,3 +152,77 @@ def run_conversion(
 def _fail(prog: str, message: object, code: int) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+# --- streaming safetensors writer ---------------------------------------------------------------
+
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+SAFETENSORS_DTYPES.update(
+    {getattr(torch, n): c for n, c in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")) if hasattr(torch, n)}
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of an output file: its header (name, dtype, shape) and how to produce its bytes."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    produce: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * self.dtype.itemsize
+
+
+def write_safetensors(path: Path, entries: Sequence[Entry], metadata: Mapping[str, str]) -> int:
+    """Write a safetensors file, producing one tensor at a time; returns the data bytes written.
+
+    The header is computed from the entries alone. As safetensors' own writer does, the header is
+    padded to 8 bytes and tensors are laid out by descending element size, so every tensor starts
+    at a multiple of its element size.
+    """
+    unsupported = sorted({f"{e.name} ({e.dtype})" for e in entries if e.dtype not in SAFETENSORS_DTYPES})
+    if unsupported:
+        raise ConversionError(f"{path.name}: dtypes safetensors cannot store: {', '.join(unsupported)}")
+    order = sorted(entries, key=lambda e: (-e.dtype.itemsize, e.name))
+    header: dict[str, object] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for entry in order:
+        header[entry.name] = {
+            "dtype": SAFETENSORS_DTYPES[entry.dtype],
+            "shape": list(entry.shape),
+            "data_offsets": [offset, offset + entry.nbytes],
+        }
+        offset += entry.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for entry in order:
+            tensor = entry.produce()
+            if tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
+                raise RuntimeError(
+                    f"{entry.name}: produced {tensor.dtype} {list(tensor.shape)}, the header says "
+                    f"{entry.dtype} {list(entry.shape)}"
+                )
+            if tensor.numel():
+                f.write(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+            del tensor
+    return offset

@@ -9,6 +9,7 @@ The second half checks the validation helpers themselves on a small node defined
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from types import SimpleNamespace
 
 import comfy.samplers
@@ -75,6 +76,29 @@ def captured_maps(model, positive, negative):
     return maps
 
 
+def facediffuser_folder(tmp_path_factory) -> Path:
+    """models/facediffuser with a postfuse file of the tiny SD-1.5 CLIP's width (Subject Prompt Encode)."""
+    from safetensors.torch import save_file
+
+    from parallax_testing import tiny_facediffuser
+
+    root = tmp_path_factory.mktemp("facediffuser")
+    save_file(tiny_facediffuser.postfuse_weights(0), str(root / "facediffuser_postfuse.safetensors"))
+    return root
+
+
+def facediffuser_vision():
+    """A CLIP_VISION holding the tiny CLIP ViT with projection (the postfuse width)."""
+    import comfy.clip_vision
+
+    from parallax_testing import tiny_facediffuser
+
+    clip_vision = comfy.clip_vision.ClipVisionModel(tiny_facediffuser.vision_json())
+    clip_vision.load_sd({k: v for k, v in tiny_facediffuser.image_encoder_weights(0).items()
+                         if k != tiny_facediffuser.VITL_KEY})
+    return clip_vision
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny SD2.1 checkpoint, an SD2.1 t2mv adapter file in models/mvadapter, and the AnyDoor pieces (the loader's
@@ -102,7 +126,8 @@ def env(tmp_path_factory):
     projector = AnyDoorProjector(seeded((1024, WIDTH), 1) / WIDTH**0.5, torch.zeros(1024))
     with model_folder(FOLDER, root), model_folder("caa", caa_root), \
             model_folder(anydoor_model.UNET_FOLDER, anydoor / "diffusion_models"), \
-            model_folder(anydoor_model.PROJECTOR_FOLDER, anydoor / "anydoor"), tiny_unet_detection():
+            model_folder(anydoor_model.PROJECTOR_FOLDER, anydoor / "anydoor"), tiny_unet_detection(), \
+            model_folder("facediffuser", facediffuser_folder(tmp_path_factory)):
         adapter = by_id("ParallaxMVAdapterLoader").execute(adapter_name=f"{ADAPTER}.safetensors").args[0]
         cameras = by_id("ParallaxCameraRaymap").execute(width=64, height=64).args[0]
         caa = by_id("ParallaxCAALoader").execute(caa_name=f"{CAA}.safetensors").args[0]
@@ -159,6 +184,10 @@ def valid_inputs(node_id: str, env) -> dict:
                     subject_model=env.model, subject_positive=env.positive, subject_negative=env.negative, cfg=5.0,
                     fusion_start=0.3, fusion_end=0.6, smoothing="box4_bilinear", scene_temperature=1.0,
                     subject_temperature=1.0)
+    if node_id == "ParallaxSubjectPromptEncode":  # the tiny SD-1.5 CLIP: the postfuse file's width
+        return dict(clip=tiny_models.build_checkpoint("sd15", 0).clip, clip_vision=facediffuser_vision(),
+                    postfuse_name="facediffuser_postfuse.safetensors", prompt="a man <|image|> reading",
+                    images=torch.rand(1, 24, 32, 3), mask=torch.ones(1, 24, 32), mask_background="noise")
     if node_id == "ParallaxSaliencyFusionMasks":
         return dict(fusion_masks=env.masks, samples=env.latent, steps="fusion", upscale=8)
     if node_id == "ParallaxPanoramaCameras":
@@ -213,6 +242,17 @@ def valid_inputs(node_id: str, env) -> dict:
         return dict(model=env.model, positive=env.positive, negative=env.negative,
                     latent={"samples": torch.zeros(1, 4, 8, 8)}, steps=2, scheduler="normal", cfg=1.0,
                     keep_source=True)
+    if node_id == "ParallaxLoadMesh":  # a sample mesh shipped with the pack
+        return dict(mesh_file="uv_cube.obj", up="+y", front="+x", center="bbox", scale=0.5)
+    if node_id in ("ParallaxMeshGeometryMaps", "ParallaxBakeTexture", "ParallaxSaveTexturedMesh"):
+        mesh = by_id("ParallaxLoadMesh").execute(mesh_file="uv_cube.obj").args[0]
+        if node_id == "ParallaxMeshGeometryMaps":
+            return dict(mesh=mesh, size=64, normals="flat")
+        cameras = by_id("ParallaxMeshGeometryMaps").execute(mesh=mesh, size=64).args[3]
+        if node_id == "ParallaxBakeTexture":
+            return dict(mesh=mesh, images=torch.rand(6, 64, 64, 3), cameras=cameras, texture_size=64, cos_exponent=4.0,
+                        fill="dilate")
+        return dict(mesh=mesh, filename_prefix="parallax_tests/mesh")
     raise KeyError(f"no valid inputs written for {node_id}: add them to valid_inputs")
 
 

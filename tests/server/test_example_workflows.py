@@ -48,7 +48,7 @@ def one_prompt(inputs: dict) -> tuple[str, dict]:
 # Pack nodes whose outputs no input can stand for (a bypass would leave the graph without them).
 STAND_INS = {"ParallaxSaliencyNoiseFusion": cfg_guider, "ParallaxPerViewPrompts": one_prompt}
 # Pack nodes that only make stock inputs (a prompt batch and its latent): the plain graph keeps them.
-KEPT = {"ParallaxEditPrompts"}
+KEPT = {"ParallaxEditPrompts", "ParallaxSubjectPromptEncode"}
 # Pack nodes that watch a run without changing it: what only they feed must save the same pixels.
 OBSERVERS = {"ParallaxCaptureAttention"}
 

@@ -17,4 +17,7 @@ async def comfy_entrypoint():
     # Installed here, not at import: only a ComfyUI server calls the entrypoint, never a test process.
     vram_simulation.install_from_environment()
     tiny_anydoor.install()  # the stock loaders read the tiny AnyDoor files (synth_anydoor)
+    from . import tiny_facediffuser
+
+    tiny_facediffuser.install()  # the stock UNet / CLIP-vision loaders read the tiny Face-diffuser files
     return TestingExtension()
