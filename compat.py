@@ -76,6 +76,10 @@ def model_folder_paths(folder: str) -> list[str]:
         return []
 
 
+def input_directory() -> str:
+    return folder_paths.get_input_directory()
+
+
 def input_files(extensions: tuple[str, ...]) -> list[str]:
     """Files under ComfyUI's input folder with one of ``extensions`` (relative, '/'-separated, sorted)."""
     root = folder_paths.get_input_directory()

@@ -1,7 +1,7 @@
 """HighFreqMap throughput: the pack's kernel against the OpenCV implementation of the official recipe.
 
 Prints images per second at 512^2 and 1024^2, batch 1 and 16, for the node's two modes (native size
-and the official 256 working size), on the same photographs (tests/data, resized, with their
+and the official 256 working size), on the same photographs (assets/inputs, resized, with their
 masks). Two OpenCV figures: "core" gets what OpenCV works on natively (uint8 HWC arrays, one call
 per image); "node" is what an OpenCV-based ComfyUI node does on the same IMAGE tensor (float32 IMAGE
 -> uint8 per image -> the recipe -> a float32 IMAGE batch). The kernel gets what the node gets (a
@@ -51,7 +51,7 @@ def load_pack():
 def make_data(size: int, batch: int) -> tuple[list[np.ndarray], list[np.ndarray], torch.Tensor, torch.Tensor]:
     imgs, masks = [], []
     for i in range(batch):
-        rgba = np.asarray(Image.open(ROOT / "tests" / "data" / PHOTOS[i % len(PHOTOS)]).convert("RGBA"))
+        rgba = np.asarray(Image.open(ROOT / "assets" / "inputs" / PHOTOS[i % len(PHOTOS)]).convert("RGBA"))
         rgba = cv2.resize(rgba, (size, size), interpolation=cv2.INTER_CUBIC)
         imgs.append(np.ascontiguousarray(rgba[..., :3]))
         masks.append(rgba[..., 3].astype(np.float32) / 255)

@@ -7,7 +7,7 @@ how to run it without real weights:
   ``CheckpointLoaderSimple`` (sd15 | sd21 | sd21_inpaint | sdxl);
 - ``models``: model files the graph loads, each ``{"folder", "name", "synth"}``; in tiny mode the
   file is synthesised in that folder with the real key layout (see ``parallax_testing.synth``);
-- ``inputs``: image files the graph loads, looked up in ``tests/data``.
+- ``inputs``: image files the graph loads, looked up in ``assets/inputs`` (the photographs that ship with the pack).
 
 Workflows keep the real resolution and step count; tiny mode caps them (``shrink_for_tiny``).
 """
@@ -24,7 +24,7 @@ from workflow_api import ui_to_api
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "example_workflows"
-DATA = ROOT / "tests" / "data"
+DATA = ROOT / "assets" / "inputs"
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple"}
 # Tiny random-weight models only prove that a graph runs: keep their runs short on a 2-core CPU.
 TINY_MAX_SIDE = 256  # pixels, for Empty*Latent* nodes (aspect kept, multiples of 32)

@@ -32,6 +32,7 @@ from . import (
     panorama_views,
     per_view_prompts,
     saliency_fusion,
+    sample_inputs,
     shift_snr,
     subject_prompt,
 )
@@ -44,4 +45,6 @@ CAPABILITIES = (high_freq_map, anydoor_collage, anydoor_model, anydoor_id, mv_ad
 
 class ParallaxExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # called once at start-up on every host (0.3.75 has no on_load hook)
+        sample_inputs.install_sample_inputs()
         return [node for module in CAPABILITIES for node in module.NODES]

@@ -5,7 +5,7 @@
   key/value projections so that roses come out blue in a prompt that never says "blue" ("a field of
   roses"). Stock KSampler, euler 30 steps, CFG 7.5, 512 px.
 - ``photo_edit_invert_p2p_sd15``: Prompt-to-Prompt on a photo. The photo (Chelsea the cat from
-  ``tests/data``, scaled and centre-cropped to 512 x 512) is VAE-encoded and DDIM-inverted with its
+  ``assets/inputs``, scaled and centre-cropped to 512 x 512) is VAE-encoded and DDIM-inverted with its
   describing prompt (50 steps, normal, CFG 1), keeping the source on the inversion's trajectory
   (keep_source: Invert's model puts the source sample back on it at every step, so the source
   reconstructs the photo at CFG 7.5 too); Edit Prompts starts both prompts from the inverted latent,

@@ -75,7 +75,7 @@ def test_widget_values_fit_the_schema(path, object_info, converted):
 def test_example_declares_how_to_run_without_weights(path):
     meta = examples.meta(examples.load(path))
     for name in meta.get("inputs", []):
-        assert (examples.DATA / name).is_file(), f"{path.name}: input image {name} is not in tests/data"
+        assert (examples.DATA / name).is_file(), f"{path.name}: input image {name} is not in assets/inputs"
     loaders = [n for n in examples.load(path)["nodes"] if n["type"] in examples.CHECKPOINT_LOADERS]
     if loaders:
         assert meta.get("tiny_arch") in ("sd15", "sd21", "sd21_inpaint", "sdxl"), f"{path.name}: set extra.parallax.tiny_arch"

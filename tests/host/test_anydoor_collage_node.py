@@ -16,7 +16,7 @@ from parallax.nodes import ParallaxExtension
 from parallax.nodes.anydoor_collage import AnyDoorCollage, PasteBack
 from parallax.nodes.errors import NodeInputError
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "assets" / "inputs"
 
 
 def comfy_image(name: str) -> torch.Tensor:

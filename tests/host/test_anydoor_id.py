@@ -31,7 +31,7 @@ from parallax.nodes.anydoor_id import AnyDoorIDEncode, dinov2_tokens, imagenet_n
 from parallax.nodes.anydoor_projector import AnyDoorProjector
 from parallax.nodes.errors import NodeInputError
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "assets" / "inputs"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NODE = "AnyDoor ID Encode"
 

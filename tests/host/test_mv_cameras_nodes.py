@@ -18,7 +18,7 @@ from parallax.nodes.errors import NodeInputError
 from parallax.nodes.mv_cameras import CameraRaymap, MVReferenceImage
 from parallax.nodes.mv_geometry import GeometryGuider
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "assets" / "inputs"
 
 
 def test_extension_registers_the_nodes_with_tooltips():

@@ -28,7 +28,7 @@ from parallax.kernels.anydoor_collage import (
     target_boxes,
 )
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "assets" / "inputs"
 
 
 def scene_and_mask() -> tuple[np.ndarray, np.ndarray]:

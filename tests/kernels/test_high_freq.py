@@ -21,7 +21,7 @@ from parallax.kernels.high_freq import (
     resize_nearest,
 )
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "assets" / "inputs"
 
 
 def load_rgba(name: str) -> tuple[np.ndarray, np.ndarray]:

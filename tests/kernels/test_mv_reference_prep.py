@@ -11,7 +11,7 @@ from PIL import Image
 
 from parallax.kernels.mv_reference_prep import alpha_bbox, fitted_size, prepare_reference
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "assets" / "inputs"
 
 
 def upstream_preprocess(rgba: np.ndarray, height: int, width: int) -> np.ndarray:
